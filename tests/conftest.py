@@ -1,0 +1,63 @@
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tq_gguf import build, fetch, paths, pinned, tools
+from tq_gguf.tinymodel import TinyShape, sample_text, write_tiny_llama
+
+
+@pytest.fixture(scope="session")
+def sdist() -> Path:
+    """The pinned sdist from the build cache (fetched by `tq-gguf build`)."""
+    return fetch.get_sdist(paths.sdist_dir())
+
+
+@pytest.fixture(scope="session")
+def pristine(sdist, tmp_path_factory) -> Path:
+    """A freshly extracted, unpatched sdist tree (read-only use: copy it)."""
+    return fetch.extract(sdist, tmp_path_factory.mktemp("pristine"))
+
+
+@pytest.fixture
+def fresh_tree(pristine, tmp_path) -> Path:
+    dst = tmp_path / "tree"
+    shutil.copytree(pristine, dst, symlinks=True)
+    return dst
+
+
+@pytest.fixture
+def scratch_home(tmp_path, sdist, monkeypatch) -> Path:
+    """An empty TQ_GGUF_HOME that already holds the (verified) sdist."""
+    home = tmp_path / "home"
+    (home / "sdist").mkdir(parents=True)
+    os.symlink(sdist, home / "sdist" / sdist.name)
+    monkeypatch.setenv("TQ_GGUF_HOME", str(home))
+    return home
+
+
+@pytest.fixture(scope="session")
+def series_version() -> str:
+    return build.tq_version_string(build.series_info()[2])
+
+
+@pytest.fixture(scope="session")
+def built(series_version) -> Path:
+    """bin/ of the active build; fails (never skips) when nothing is built."""
+    d = tools.bin_dir()
+    missing = [t for t in pinned.TOOLS if not (d and (d / t).exists())]
+    assert not missing, f"not built: {missing}; run `tq-gguf build` first"
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama.gguf", TinyShape())
+
+
+@pytest.fixture(scope="session")
+def tiny_text(tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("text") / "text.txt"
+    p.write_text(sample_text(16384))
+    return p

@@ -1,0 +1,115 @@
+"""The `tq-gguf` command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+
+
+def _cmd_build(a) -> int:
+    from .build import BuildConfig, run
+    cfg = BuildConfig(cuda=a.cuda or a.cuda_arch is not None,
+                      cuda_arch=a.cuda_arch or "90", native=a.native,
+                      jobs=a.jobs or (os.cpu_count() or 2), bindings=not a.no_bindings,
+                      sdist=Path(a.sdist) if a.sdist else None,
+                      src_pack=Path(a.src_pack) if a.src_pack else None)
+    if a.pack_src:
+        from .build import pack_source
+        print(pack_source(Path(a.pack_src)))
+        return 0
+    run(cfg)
+    return 0
+
+
+def _cmd_doctor(a) -> int:
+    from .doctor import report
+    return report()
+
+
+def _cmd_demo(a) -> int:
+    from .demo import run
+    return run(ctx=a.ctx, chunks=a.chunks, skip_build=a.no_build)
+
+
+def _cmd_patches(a) -> int:
+    from . import build, patchset, paths
+    if a.action == "list":
+        patches, cuda, h = build.series_info()
+        print(f"series {build.tq_version_string(h)}  (sha256 {h})")
+        for p in patches:
+            print(f"  {p.name}  {p.subject()}")
+        for f in cuda:
+            print(f"  cuda/{f.relative_to(paths.cuda_dir())}")
+        return 0
+    if a.action == "prepare":
+        from .devtree import prepare
+        prepare(Path(a.dir), upto=a.upto)
+        return 0
+    if a.action == "export":
+        from .devtree import export
+        export(Path(a.dir), paths.patches_dir())
+        return 0
+    if a.action == "apply":
+        patches, cuda, _ = build.series_info()
+        patchset.apply_series(Path(a.dir), patches, cuda, paths.cuda_dir(), log=print)
+        return 0
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="tq-gguf", description=__doc__)
+    ap.add_argument("--version", action="version", version=f"tq-gguf {__version__}")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    b = sub.add_parser("build", help="build the patched llama.cpp tools and Python bindings")
+    b.add_argument("--cuda", action="store_true", help="build the CUDA backend")
+    b.add_argument("--cuda-arch", default=None, metavar="ARCHS",
+                   help="CMAKE_CUDA_ARCHITECTURES, e.g. 90 or '86;90' (implies --cuda; default 90)")
+    b.add_argument("--native", action="store_true",
+                   help="-march=native (off by default: AMX hosts die with 'Illegal instruction')")
+    b.add_argument("-j", "--jobs", type=int, default=None, help="parallel compile jobs (default: all cores)")
+    b.add_argument("--no-bindings", action="store_true", help="tools only; leave llama_cpp alone")
+    b.add_argument("--sdist", default=None, metavar="FILE",
+                   help="use this llama-cpp-python sdist instead of downloading it (sha256 still checked)")
+    b.add_argument("--pack-src", default=None, metavar="FILE.tar.xz",
+                   help="write the patched source (no models/docs) for an offline machine, and stop")
+    b.add_argument("--src-pack", default=None, metavar="FILE",
+                   help="build from a --pack-src file instead of the sdist (offline machines)")
+    b.set_defaults(func=_cmd_build)
+
+    d = sub.add_parser("doctor", help="what is built, where, and what is missing")
+    d.set_defaults(func=_cmd_doctor)
+
+    m = sub.add_parser("demo", help="the main job on the embedded default model and text")
+    m.add_argument("--ctx", type=int, default=512)
+    m.add_argument("--chunks", type=int, default=4)
+    m.add_argument("--no-build", action="store_true", help="use the existing build")
+    m.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("patches", help="inspect or work on the patch series")
+    p.add_argument("action", choices=["list", "prepare", "export", "apply"])
+    p.add_argument("dir", nargs="?", help="prepare: new git work tree; export: that tree (writes patches/); "
+                   "apply: a pristine sdist tree")
+    p.add_argument("--upto", type=int, default=None, help="prepare: apply patches up to this number")
+    p.set_defaults(func=_cmd_patches)
+
+    a = ap.parse_args(argv)
+    if a.cmd == "patches" and a.action != "list" and not a.dir:
+        ap.error(f"patches {a.action} needs DIR")
+    from .errors import UserError
+    try:
+        return a.func(a)
+    except UserError as e:
+        print(f"tq-gguf {a.cmd}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -372,6 +372,8 @@ def test_rotation_orthogonal_and_fast_path(d):
     np.testing.assert_allclose(rotation.rotate(x), x @ r.T, rtol=0, atol=1e-6)
     np.testing.assert_allclose(rotation.unrotate(x), x @ r, rtol=0, atol=1e-6)
     np.testing.assert_allclose(rotation.unrotate(rotation.rotate(x)), x, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(r, r.T, rtol=0, atol=0)          # symmetric: the runtime
+    np.testing.assert_allclose(r @ r, np.eye(d), rtol=0, atol=1e-12)  # undoes it with itself
 
 
 def test_hadamard_sylvester_order():

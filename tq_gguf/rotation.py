@@ -1,8 +1,10 @@
 """Randomized Hadamard transform: the turbo types' default rotation.
 
-R = H_d · diag(sign) / sqrt(d), H_d the Sylvester-ordered Hadamard matrix
+R = diag(sign) · H_d · diag(sign) / sqrt(d), H_d the Sylvester-ordered Hadamard matrix
 (H_1 = [1], H_2k = [[H, H], [H, -H]]) and sign[i] = ±1 from splitmix64 with a
 fixed seed, so that Python, C and CUDA build the same matrix with no table.
+R is symmetric with R·R = I (like H itself), so the runtime applies and undoes
+it with the same matrix wherever upstream applies its plain Hadamard rotation.
 R is orthogonal: rotating both q and k leaves q·k unchanged, and a rotated
 head's coordinates are spread evenly (an outlier channel gets smeared over all
 of them), which is what the turbo codebooks assume.
@@ -52,8 +54,9 @@ def hadamard(d: int) -> np.ndarray:
 
 
 def rotation_matrix(d: int, seed: int = SEED) -> np.ndarray:
-    """R = H_d diag(signs) / sqrt(d), float64, orthogonal."""
-    return hadamard(d) * signs(d, seed)[None, :] / np.sqrt(d)
+    """R = diag(signs) H_d diag(signs) / sqrt(d), float64, symmetric, R @ R = I."""
+    s = signs(d, seed)
+    return s[:, None] * hadamard(d) * s[None, :] / np.sqrt(d)
 
 
 def fwht(x: np.ndarray) -> np.ndarray:
@@ -72,14 +75,13 @@ def fwht(x: np.ndarray) -> np.ndarray:
 
 
 def rotate(x: np.ndarray, seed: int = SEED) -> np.ndarray:
-    """x @ R.T on the last axis (float64): y = H (sign * x) / sqrt(d)."""
+    """x @ R.T on the last axis (float64): y = sign * H (sign * x) / sqrt(d)."""
     x = np.asarray(x, dtype=np.float64)
     d = x.shape[-1]
-    return fwht(x * signs(d, seed)) / np.sqrt(d)
+    s = signs(d, seed)
+    return fwht(x * s) * s / np.sqrt(d)
 
 
 def unrotate(y: np.ndarray, seed: int = SEED) -> np.ndarray:
-    """y @ R on the last axis (float64): x = sign * H y / sqrt(d)."""
-    y = np.asarray(y, dtype=np.float64)
-    d = y.shape[-1]
-    return fwht(y) * signs(d, seed) / np.sqrt(d)
+    """y @ R on the last axis (float64); R is its own inverse, so this equals rotate()."""
+    return rotate(y, seed)

@@ -1,0 +1,132 @@
+"""A thin low-level session over the patched llama-cpp-python bindings.
+
+Batched decode with explicit positions and sequences, logits as numpy arrays,
+sequence edits (remove, shift) and state save/restore: what the benchmarks
+and the cache tests need, without the high-level Llama object's policies.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import numpy as np
+
+CACHE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8,
+               "bf16": 30, "turbo2": 128, "turbo3": 129}
+
+
+def _lib():
+    import llama_cpp
+    return llama_cpp
+
+
+class Model:
+    def __init__(self, path: Path, n_gpu_layers: int = 0):
+        l = _lib()
+        l.llama_backend_init()
+        mp = l.llama_model_default_params()
+        mp.n_gpu_layers = n_gpu_layers
+        self.ptr = l.llama_model_load_from_file(str(path).encode(), mp)
+        if not self.ptr:
+            raise RuntimeError(f"could not load model {path}")
+        self.vocab = l.llama_model_get_vocab(self.ptr)
+        self.n_vocab = l.llama_vocab_n_tokens(self.vocab)
+
+    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
+        l = _lib()
+        raw = text.encode()
+        size = len(raw) + 8
+        for _ in range(2):
+            buf = (l.llama_token * size)()
+            n = l.llama_tokenize(self.vocab, raw, len(raw), buf, len(buf), add_bos, False)
+            if n >= 0:
+                return list(buf[:n])
+            size = -n  # too small: it says how many are needed
+        raise RuntimeError("tokenize failed")
+
+    def close(self):
+        if self.ptr:
+            _lib().llama_model_free(self.ptr)
+            self.ptr = None
+
+
+class Session:
+    def __init__(self, model: Model, n_ctx: int = 512, type_k: str = "f16", type_v: str = "f16",
+                 flash_attn: bool = True, n_threads: int = 2, n_batch: int = 512, n_seq_max: int = 1):
+        l = _lib()
+        self.model = model
+        cp = l.llama_context_default_params()
+        cp.n_ctx, cp.n_batch, cp.n_ubatch = n_ctx, n_batch, n_batch
+        cp.n_threads = cp.n_threads_batch = n_threads
+        cp.n_seq_max = n_seq_max
+        cp.type_k, cp.type_v = CACHE_TYPES[type_k], CACHE_TYPES[type_v]
+        cp.flash_attn_type = l.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else l.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        self.ptr = l.llama_init_from_model(model.ptr, cp)
+        if not self.ptr:
+            raise RuntimeError(f"could not create a context with K={type_k} V={type_v} "
+                               f"(flash attention {'on' if flash_attn else 'off'}); see the log above")
+        self.mem = l.llama_get_memory(self.ptr)
+        self.batch = l.llama_batch_init(n_batch, 0, 1)
+        self.n_batch = n_batch
+
+    def decode(self, tokens: list[int], pos0: int, seq: int = 0, all_logits: bool = False) -> np.ndarray:
+        """Decode ``tokens`` at positions pos0.. in ``seq``; logits of the last (or every) token."""
+        l = _lib()
+        out = []
+        for start in range(0, len(tokens), self.n_batch):
+            chunk = tokens[start:start + self.n_batch]
+            b = self.batch
+            b.n_tokens = len(chunk)
+            for i, t in enumerate(chunk):
+                b.token[i] = t
+                b.pos[i] = pos0 + start + i
+                b.n_seq_id[i] = 1
+                b.seq_id[i][0] = seq
+                b.logits[i] = all_logits or (start + i == len(tokens) - 1)
+            rc = l.llama_decode(self.ptr, b)
+            if rc != 0:
+                raise RuntimeError(f"llama_decode failed ({rc})")
+            for i in range(len(chunk)):
+                if b.logits[i]:
+                    p = l.llama_get_logits_ith(self.ptr, i)
+                    out.append(np.ctypeslib.as_array(p, shape=(self.model.n_vocab,)).copy())
+        return np.array(out) if all_logits else out[-1]
+
+    def seq_rm(self, seq: int, p0: int, p1: int) -> bool:
+        return _lib().llama_memory_seq_rm(self.mem, seq, p0, p1)
+
+    def seq_add(self, seq: int, p0: int, p1: int, delta: int) -> None:
+        _lib().llama_memory_seq_add(self.mem, seq, p0, p1, delta)
+
+    def state(self) -> bytes:
+        l = _lib()
+        n = l.llama_state_get_size(self.ptr)
+        buf = (ctypes.c_uint8 * n)()
+        got = l.llama_state_get_data(self.ptr, buf, n)
+        return bytes(buf[:got])
+
+    def set_state(self, data: bytes) -> None:
+        l = _lib()
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        if l.llama_state_set_data(self.ptr, buf, len(data)) != len(data):
+            raise RuntimeError("llama_state_set_data did not read the whole state")
+
+    def close(self):
+        l = _lib()
+        if self.ptr:
+            l.llama_batch_free(self.batch)
+            l.llama_free(self.ptr)
+            self.ptr = None
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    m = x.max(axis=-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+
+
+def kld(ref_logits: np.ndarray, logits: np.ndarray) -> float:
+    """Mean KL(ref || other) of the next-token distributions (nats)."""
+    lp, lq = log_softmax(ref_logits), log_softmax(logits)
+    return float(np.mean(np.sum(np.exp(lp) * (lp - lq), axis=-1)))

@@ -63,13 +63,15 @@ def main() -> int:
     ap.add_argument("--depth", type=int, default=4096)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--no-speed", action="store_true")
+    ap.add_argument("--configs", default=None,
+                    help="comma-separated labels to run (default: all): " + ", ".join(c[0] for c in CONFIGS))
     ap.add_argument("-t", "--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("-o", "--out", default="docs/results/cpu-types")
     a = ap.parse_args()
 
     text = assets.handbook_text()["test"]
     getters = {"smollm2": assets.smollm2, "gemma3": assets.gemma3}
-    result = {"ctx": a.ctx, "chunks": a.chunks, "text": text.name, "threads": a.threads,
+    result = {"command": " ".join(["python", "scripts/cpu_types.py", *sys.argv[1:]]), "ctx": a.ctx, "chunks": a.chunks, "text": text.name, "threads": a.threads,
               "series": tools.tool_version("llama-perplexity"), "models": {}}
     for name in a.models.split(","):
         model = getters[name]()
@@ -80,7 +82,10 @@ def main() -> int:
             t0 = time.monotonic()
             save_kld_base(model, text, base, a.ctx, a.chunks, a.threads)
             print(f"  f16 reference logits ({time.monotonic() - t0:.0f}s)", flush=True)
+            wanted = set(a.configs.split(",")) if a.configs else None
             for label, k, v, env in CONFIGS:
+                if wanted is not None and label not in wanted:
+                    continue
                 t0 = time.monotonic()
                 r = kl_divergence(model, base, a.ctx, a.chunks, k, v, a.threads,
                                   env={**os.environ, **env})
@@ -90,14 +95,17 @@ def main() -> int:
         if not a.no_speed:
             res["speed"] = speed(model, a.depth, a.threads, a.reps)
         result["models"][name] = res
+        write({**result, "models": {name: res}}, Path(f"{a.out}-{name}"), a)
+    return 0
 
-    out = Path(a.out)
+
+def write(result: dict, out: Path, a) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"# KV-cache types on CPU: quality and decode speed\n",
              f"Held-out Debian handbook text, ctx {a.ctx}, {a.chunks} chunks, KLD against an f16 cache "
              f"of the same build (series `{result['series']}`), {a.threads} threads.\n",
-             "Produced by `python scripts/cpu_types.py` (JSON beside this file).\n"]
+             "Produced by `python scripts/cpu_types.py` (command line in the JSON beside this file).\n"]
     for name, res in result["models"].items():
         lines.append(f"\n## {res['file']}\n")
         lines.append("| cache K/V | bits/value | KV bytes/token/layer | mean KLD | 99% KLD | PPL ratio | same top |")
@@ -117,8 +125,7 @@ def main() -> int:
                 lines.append(f"| {kv} | {s['tg_ts']:.2f} ± {s['tg_sd']:.2f} | {s['tg_ts'] / q8:.2f}× | "
                              f"{s['tg_ts'] / q4:.2f}× |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print(out.with_suffix(".md").read_text())
-    return 0
+    print(out.with_suffix(".md").read_text(), flush=True)
 
 
 if __name__ == "__main__":

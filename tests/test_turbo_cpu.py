@@ -161,3 +161,52 @@ def test_bindings_export_type_constants(built):
     code = "import llama_cpp as l; print(l.GGML_TYPE_TURBO2, l.GGML_TYPE_TURBO3)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.stdout.split() == ["128", "129"], r.stderr
+
+
+# --- the ggml ops the cache uses, on the CPU backend, against the reference ------
+
+@pytest.mark.parametrize("t", TYPES)
+@pytest.mark.parametrize("src", ["f32", "f16"])
+def test_set_rows_writes_reference_bytes(built, t, src):
+    n, rows = 128, 6
+    xs = blocks(3)[:3, :n].astype(np.float16 if src == "f16" else np.float32)
+    g = ggmlc.OpGraph()
+    cache = g.tensor(t, n, rows, np.zeros((rows, turbo.bytes_per_row(t, n)), np.uint8))
+    upd = g.tensor(src, n, 3, xs)
+    idx = g.tensor("i64", 3, data=np.array([4, 0, 2], dtype=np.int64))
+    got = g.read(g.compute(g.base.ggml_set_rows(g.ctx, cache, upd, idx))).reshape(rows, -1)
+    np.testing.assert_array_equal(got[[4, 0, 2]], turbo.quantize_rows(xs.astype(np.float32), t))
+    assert not got[[1, 3, 5]].any()  # untouched rows stay zero
+    g.close()
+
+
+@pytest.mark.parametrize("t", TYPES)
+@pytest.mark.parametrize("dst", ["f32", "f16"])
+def test_get_rows_and_cpy_read_reference_values(built, t, dst):
+    n, rows = 128, 5
+    x = blocks(4)[:rows, :n]
+    data = turbo.quantize_rows(x, t)
+    ref = turbo.dequantize_rows(data, t, n)
+    g = ggmlc.OpGraph()
+    src = g.tensor(t, n, rows, data)
+    out = g.tensor(dst, n, rows)
+    got = g.read(g.compute(g.base.ggml_cpy(g.ctx, src, out)), np.float16 if dst == "f16" else np.float32)
+    want = ref.astype(np.float16) if dst == "f16" else ref
+    np.testing.assert_array_equal(got.reshape(rows, n), want)
+    if dst == "f32":
+        idx = g.tensor("i32", 2, data=np.array([3, 1], dtype=np.int32))
+        rows_out = g.compute(g.base.ggml_get_rows(g.ctx, src, idx))
+        np.testing.assert_array_equal(g.read(rows_out, np.float32).reshape(2, n), ref[[3, 1]])
+    g.close()
+
+
+@pytest.mark.parametrize("t", TYPES)
+def test_cpy_from_f32_quantizes_like_reference(built, t):
+    n, rows = 256, 4
+    x = blocks(5)[:rows, :n]
+    g = ggmlc.OpGraph()
+    src = g.tensor("f32", n, rows, x)
+    dst = g.tensor(t, n, rows)
+    got = g.read(g.compute(g.base.ggml_cpy(g.ctx, src, dst))).reshape(rows, -1)
+    np.testing.assert_array_equal(got, turbo.quantize_rows(x, t))
+    g.close()

@@ -11,7 +11,7 @@ import numpy as np
 
 from . import tools
 
-GGML_TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8, "turbo2": 128, "turbo3": 129}
+GGML_TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8, "i32": 26, "i64": 27, "turbo2": 128, "turbo3": 129}
 
 _to_float = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
 _from_float = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
@@ -91,3 +91,63 @@ def vec_dot(data_row: np.ndarray, y: np.ndarray, type_name: str) -> float:
     s = ctypes.c_float()
     _vec_dot(t.vec_dot)(y.size, ctypes.addressof(s), 0, row.ctypes.data, 0, y.ctypes.data, 0, 1)
     return s.value
+
+
+# --- one-op graphs on the CPU backend (SET_ROWS, GET_ROWS, CPY) --------------------
+
+class _InitParams(ctypes.Structure):  # struct ggml_init_params
+    _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
+
+
+def _graph_api():
+    base, cpu = libs()
+    P = ctypes.c_void_p
+    for name, res, args in (
+            ("ggml_init", P, [_InitParams]), ("ggml_free", None, [P]),
+            ("ggml_new_tensor_1d", P, [P, ctypes.c_int, ctypes.c_int64]),
+            ("ggml_new_tensor_2d", P, [P, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]),
+            ("ggml_get_data", P, [P]), ("ggml_nbytes", ctypes.c_size_t, [P]),
+            ("ggml_cpy", P, [P, P, P]), ("ggml_set_rows", P, [P, P, P, P]), ("ggml_get_rows", P, [P, P, P]),
+            ("ggml_new_graph", P, [P]), ("ggml_build_forward_expand", None, [P, P])):
+        f = getattr(base, name)
+        f.restype, f.argtypes = res, args
+    cpu.ggml_graph_compute_with_ctx.restype = ctypes.c_int
+    cpu.ggml_graph_compute_with_ctx.argtypes = [P, P, ctypes.c_int]
+    return base, cpu
+
+
+class OpGraph:
+    """A ggml context on the CPU backend for a single op: tensors from numpy, run, read back."""
+
+    def __init__(self, mem: int = 64 << 20):
+        self.base, self.cpu = _graph_api()
+        self.ctx = self.base.ggml_init(_InitParams(mem, None, False))
+        if not self.ctx:
+            raise MemoryError("ggml_init failed")
+
+    def tensor(self, type_name: str, ne0: int, ne1: int | None = None, data=None):
+        t = (self.base.ggml_new_tensor_1d(self.ctx, GGML_TYPE[type_name], ne0) if ne1 is None else
+             self.base.ggml_new_tensor_2d(self.ctx, GGML_TYPE[type_name], ne0, ne1))
+        if data is not None:
+            raw = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
+            assert raw.size == self.base.ggml_nbytes(t), (raw.size, self.base.ggml_nbytes(t))
+            ctypes.memmove(self.base.ggml_get_data(t), raw.ctypes.data, raw.size)
+        return t
+
+    def read(self, t, dtype=np.uint8) -> np.ndarray:
+        n = self.base.ggml_nbytes(t)
+        buf = (ctypes.c_uint8 * n).from_address(self.base.ggml_get_data(t))
+        return np.frombuffer(bytes(buf), dtype=dtype)
+
+    def compute(self, out, n_threads: int = 2):
+        gf = self.base.ggml_new_graph(self.ctx)
+        self.base.ggml_build_forward_expand(gf, out)
+        status = self.cpu.ggml_graph_compute_with_ctx(self.ctx, gf, n_threads)
+        if status != 0:
+            raise RuntimeError(f"ggml graph compute failed ({status})")
+        return out
+
+    def close(self):
+        if self.ctx:
+            self.base.ggml_free(self.ctx)
+            self.ctx = None

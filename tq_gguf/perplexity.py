@@ -43,10 +43,10 @@ def perplexity(model: Path, text: Path, ctx: int = 512, chunks: int = 4, ctk: st
 
 
 _KLD_FIELDS = {
-    "kld": r"Mean\s+KLD:\s+([-0-9.eE+]+) ± ([-0-9.eE+]+)",
-    "ppl_ratio": r"Mean PPL\(Q\)/PPL\(base\)\s+:\s+([-0-9.eE+]+) ± ([-0-9.eE+]+)",
-    "ppl": r"Mean PPL\(Q\)\s+:\s+([-0-9.eE+]+) ± ([-0-9.eE+]+)",
-    "same_top": r"Same top p:\s+([-0-9.eE+]+) ± ([-0-9.eE+]+) %",
+    "kld": r"Mean\s+KLD:\s+([-0-9.eE+]+) ±\s*([-0-9.eE+]+)",
+    "ppl_ratio": r"Mean PPL\(Q\)/PPL\(base\)\s+:\s+([-0-9.eE+]+) ±\s*([-0-9.eE+]+)",
+    "ppl": r"Mean PPL\(Q\)\s+:\s+([-0-9.eE+]+) ±\s*([-0-9.eE+]+)",
+    "same_top": r"Same top p:\s+([-0-9.eE+]+) ±\s*([-0-9.eE+]+) %",
     "kld_p99": r"99\.0%\s+KLD:\s+([-0-9.eE+]+)()",
 }
 _KV_SIZE = re.compile(r"llama_kv_cache: size = +([0-9.]+) MiB \( *(\d+) cells, +(\d+) layers, +\d+/(\d+) seqs")

@@ -64,13 +64,11 @@ class BuildConfig:
             f"-DLLAMA_BUILD_COMMIT={pinned.LLAMA_CPP_PYTHON.llama_cpp_commit}",
             f"-DTQ_GGUF_VERSION={tq_version}",
         ]
-        if self.native:
-            args += ["-DGGML_NATIVE=ON"]
-        else:
-            # Never native by default: hosts that advertise AMX die with
-            # "Illegal instruction" on a -march=native build.
-            args += ["-DGGML_NATIVE=OFF", "-DGGML_AVX=ON", "-DGGML_AVX2=ON",
-                     "-DGGML_FMA=ON", "-DGGML_F16C=ON"]
+        # Never native by default: hosts that advertise AMX die with
+        # "Illegal instruction" on a -march=native build (--native opts in).
+        args.append("-DGGML_NATIVE=" + ("ON" if self.native else "OFF"))
+        if not self.native:
+            args += ["-DGGML_AVX=ON", "-DGGML_AVX2=ON", "-DGGML_FMA=ON", "-DGGML_F16C=ON"]
         if self.cuda:
             args += ["-DGGML_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={self.cuda_arch}"]
         return args

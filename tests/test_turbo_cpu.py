@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tq_gguf import ggmlc, rotation, tools, turbo
-from tq_gguf.perplexity import perplexity
+from tq_gguf.perplexity import kl_divergence, kv_cache_size, perplexity, save_kld_base
 from tq_gguf.tinymodel import TinyShape, write_tiny_llama
 
 TYPES = ("turbo3", "turbo2")
@@ -74,10 +74,6 @@ def test_c_vec_dot_matches_reference(built, t):
 
 # --- end to end on tiny generated models ------------------------------------------
 
-KV_LINE = re.compile(r"llama_kv_cache: size = +([0-9.]+) MiB \( *(\d+) cells, +(\d+) layers, +\d+/(\d+) seqs\), "
-                     r"K \((\w+)\): +([0-9.]+) MiB, V \((\w+)\): +([0-9.]+) MiB")
-
-
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
     d = tmp_path_factory.mktemp("tiny-heads")
@@ -90,33 +86,21 @@ def tiny_models(tmp_path_factory):
 def test_perplexity_runs_and_kv_size_matches_contract(built, tiny_models, tiny_text, hd, ctk, ctv):
     r = perplexity(tiny_models[hd], tiny_text, ctx=128, chunks=2, ctk=ctk, ctv=ctv, flash_attn="on", threads=2)
     assert r.finite, r.log[-2000:]
-    m = KV_LINE.search(r.log)
-    assert m, r.log[-3000:]
-    cells = int(m.group(2)) * int(m.group(4))  # cells per stream x streams
-    layers = int(m.group(3))
+    kv = kv_cache_size(r.log)
+    assert kv, r.log[-3000:]
     n_embd_kv = 2 * hd  # n_head_kv * head_dim
     bpv = {"turbo3": 3.25, "turbo2": 2.25, "q8_0": 8.5, "f16": 16}
-    for name, mib, want in ((m.group(5), float(m.group(6)), ctk), (m.group(7), float(m.group(8)), ctv)):
+    for name, mib, want in ((kv.k_type, kv.k_mib, ctk), (kv.v_type, kv.v_mib, ctv)):
         assert name == want
-        expect = cells * layers * n_embd_kv * bpv[want] / 8 / 2**20
+        expect = kv.cells * kv.layers * n_embd_kv * bpv[want] / 8 / 2**20
         assert abs(mib - expect) < 0.01, (name, mib, expect)
 
 
-def test_turbo3_closer_to_f16_than_turbo2(built, tiny_models, tiny_text):
+def test_turbo3_closer_to_f16_than_turbo2(built, tiny_models, tiny_text, tmp_path):
     """KL divergence vs an f16 cache (llama-perplexity --kl-divergence): ordered as the bits."""
-    import tempfile
-    model = tiny_models[64]
-    with tempfile.TemporaryDirectory() as tmp:
-        base = f"{tmp}/base.kld"
-        r = perplexity(model, tiny_text, ctx=128, chunks=4, threads=2, extra=("--kl-divergence-base", base))
-        kld = {}
-        for t in ("f16", "q8_0", "turbo3", "turbo2"):
-            r = tools.run_tool("llama-perplexity", "-m", model, "--kl-divergence-base", base, "--kl-divergence",
-                               "-c", "128", "--chunks", "4", "-t", "2", "-fa", "on", "-ctk", t, "-ctv", t,
-                               timeout=600)
-            m = re.search(r"Mean\s+KLD:\s+([-0-9.e+]+)", r.stdout + r.stderr)
-            assert m, (r.stdout + r.stderr)[-2000:]
-            kld[t] = float(m.group(1))
+    model, base = tiny_models[64], tmp_path / "base.kld"
+    save_kld_base(model, tiny_text, base, ctx=128, chunks=4, threads=2)
+    kld = {t: kl_divergence(model, base, 128, 4, t, t, threads=2).kld for t in ("f16", "q8_0", "turbo3", "turbo2")}
     assert abs(kld["f16"]) < 1e-4
     assert kld["q8_0"] < kld["turbo3"] < kld["turbo2"], kld
 

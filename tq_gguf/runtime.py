@@ -12,8 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-CACHE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8,
-               "bf16": 30, "turbo2": 128, "turbo3": 129}
+from .ggmlc import GGML_TYPE as CACHE_TYPES  # one table of ggml_type values
 
 
 def _lib():

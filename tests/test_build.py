@@ -92,3 +92,12 @@ def test_flags_select_build_variant():
     assert native_flag in nat.cmake_args("v") and native_flag not in cpu.cmake_args("v")
     assert "-DGGML_CUDA=ON" in cuda.cmake_args("v") and "-DCMAKE_CUDA_ARCHITECTURES=86;90" in cuda.cmake_args("v")
     assert cpu.cmake_args("a") != cpu.cmake_args("b")  # a new series reconfigures
+
+
+def test_fa_quants_reach_cmake_only_for_cuda():
+    from tq_gguf.build import BuildConfig
+    pairs = "turbo3-turbo3;q8_0-turbo3"
+    cuda = BuildConfig(cuda=True, fa_quants=pairs)
+    assert f"-DGGML_CUDA_FA_QUANTS={pairs}" in cuda.cmake_args("v")
+    assert not any("FA_QUANTS" in a for a in BuildConfig(fa_quants=pairs).cmake_args("v"))
+    assert not any("FA_QUANTS" in a for a in BuildConfig(cuda=True).cmake_args("v"))  # series default

@@ -41,6 +41,7 @@ class BuildConfig:
     targets: tuple[str, ...] = pinned.TOOLS
     build_type: str = "Release"
     src_pack: Path | None = None
+    fa_quants: str | None = None   # GGML_CUDA_FA_QUANTS (None: the series default)
 
     @property
     def variant(self) -> str:
@@ -71,6 +72,8 @@ class BuildConfig:
             args += ["-DGGML_AVX=ON", "-DGGML_AVX2=ON", "-DGGML_FMA=ON", "-DGGML_F16C=ON"]
         if self.cuda:
             args += ["-DGGML_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={self.cuda_arch}"]
+            if self.fa_quants:
+                args.append(f"-DGGML_CUDA_FA_QUANTS={self.fa_quants}")
         return args
 
 

@@ -16,7 +16,8 @@ def _cmd_build(a) -> int:
                       cuda_arch=a.cuda_arch or "90", native=a.native,
                       jobs=a.jobs or (os.cpu_count() or 2), bindings=not a.no_bindings,
                       sdist=Path(a.sdist) if a.sdist else None,
-                      src_pack=Path(a.src_pack) if a.src_pack else None)
+                      src_pack=Path(a.src_pack) if a.src_pack else None,
+                      fa_quants=a.fa_quants)
     if a.pack_src:
         from .build import pack_source
         print(pack_source(Path(a.pack_src)))
@@ -79,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="write the patched source (no models/docs) for an offline machine, and stop")
     b.add_argument("--src-pack", default=None, metavar="FILE",
                    help="build from a --pack-src file instead of the sdist (offline machines)")
+    b.add_argument("--fa-quants", default=None, metavar="K-V;...",
+                   help="CUDA FlashAttention K-V pairs to compile (GGML_CUDA_FA_QUANTS), e.g. "
+                        "'turbo3-turbo3;q8_0-turbo3' or 'all'; default: the series' list")
     b.set_defaults(func=_cmd_build)
 
     d = sub.add_parser("doctor", help="what is built, where, and what is missing")

@@ -1,0 +1,5 @@
+// tq-gguf: FlashAttention decode instances for K=turbo2, V=q8_0 (see fattn-vec-turbo.cuh).
+
+#include "../fattn-vec-turbo.cuh"
+
+DECL_FATTN_VEC_TURBO_CASES(GGML_TYPE_TURBO2, GGML_TYPE_Q8_0);

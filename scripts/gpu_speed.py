@@ -1,0 +1,172 @@
+#!/usr/bin/env python3
+"""Prefill and decode speed of the KV-cache types on an NVIDIA GPU (llama-bench, one run).
+
+Builds the patched llama.cpp with CUDA unless --no-build (offline GPU machines: pass
+--src-pack from `tq-gguf build --pack-src`), writes a synthetic model of a named shape
+with random Q4_0 weights (speed depends on shapes only), then runs llama-bench with
+flash attention on, all layers on the GPU, batch 1 decode, for every cache config at
+every depth, and prints pp/tg tokens per second with ratios against f16 and q8_0
+measured in this same run. Writes Markdown and JSON next to --out.
+
+    python scripts/gpu_speed.py [--shape llama-8b] [--depths 0,8192,32768]
+        [--prompt 2048] [--gen 128] [--reps 3] [--caches f16,q8_0,q4_0,turbo3,turbo2,q8_0/turbo3]
+        [--cuda-arch 90] [--src-pack PACK] [--no-build] [-o docs/results/gpu-speed]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tq_gguf import paths, tools  # noqa: E402
+
+DEFAULT_CACHES = "f16,q8_0,q4_0,turbo3,turbo2,q8_0/turbo3"
+BPV = {"f16": 16.0, "q8_0": 8.5, "q4_0": 4.5, "turbo3": 3.25, "turbo2": 2.25}
+
+
+def gpu_info() -> dict:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version,clocks.max.memory",
+                              "--format=csv,noheader"], capture_output=True, text=True, timeout=30).stdout
+        name, mem, drv, mclk = [x.strip() for x in out.splitlines()[0].split(",")]
+        return {"name": name, "memory": mem, "driver": drv, "max_mem_clock": mclk}
+    except (OSError, IndexError, ValueError, subprocess.SubprocessError):
+        return {"name": "unknown GPU"}
+
+
+def import_gguf():
+    try:
+        import gguf  # noqa: F401
+    except ImportError:  # the pinned source tree carries gguf-py
+        sys.path.insert(0, str(paths.src_dir() / "vendor" / "llama.cpp" / "gguf-py"))
+        import gguf  # noqa: F401
+
+
+def build(args) -> None:
+    cmd = [sys.executable, "-m", "tq_gguf", "build", "--cuda", "--cuda-arch", args.cuda_arch,
+           "-j", str(args.jobs), "--no-bindings"]
+    if args.src_pack:
+        cmd += ["--src-pack", args.src_pack]
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT)
+
+
+def bench(model: Path, k: str, v: str, args) -> list[dict]:
+    a = ["-m", model, "-ngl", "99", "-fa", "1", "-ctk", k, "-ctv", v, "-p", str(args.prompt),
+         "-n", str(args.gen), "-d", args.depths, "-r", str(args.reps), "-o", "json"]
+    t0 = time.time()
+    r = tools.run_tool("llama-bench", *a, timeout=3600)
+    if r.returncode != 0:
+        raise RuntimeError(f"llama-bench {k}/{v} failed (exit {r.returncode}):\n{r.stderr[-3000:]}")
+    rows = json.loads(r.stdout)
+    print(f"  {k}/{v}: {len(rows)} results in {time.time() - t0:.0f} s", flush=True)
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", default="llama-8b")
+    ap.add_argument("--depths", default="0,8192,32768")
+    ap.add_argument("--prompt", type=int, default=2048)
+    ap.add_argument("--gen", type=int, default=128)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--caches", default=DEFAULT_CACHES, help="comma list of K/V or one type for both")
+    ap.add_argument("--cuda-arch", default="90")
+    ap.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 4)
+    ap.add_argument("--src-pack", help="offline source pack (tq-gguf build --pack-src)")
+    ap.add_argument("--no-build", action="store_true", help="use the active build as it is")
+    ap.add_argument("--model", type=Path, help="the synthetic GGUF to use (written there if missing)")
+    ap.add_argument("--allow-cpu", action="store_true", help="run on a CPU build too (tests of this script)")
+    ap.add_argument("-o", "--out", default=str(ROOT / "docs" / "results" / "gpu-speed"))
+    args = ap.parse_args()
+
+    from tq_gguf import synthmodel
+    shp = synthmodel.shape(args.shape)
+    caches = [(c.split("/") + c.split("/"))[:2] for c in args.caches.split(",")]
+    for k, v in caches:
+        for t in (k, v):
+            if t not in BPV:
+                ap.error(f"unknown cache type {t!r}; known: {', '.join(BPV)}")
+
+    if not args.no_build:
+        build(args)
+    if "cuda" not in (tools.active().get("variant") or "") and not args.allow_cpu:
+        print("error: the active build has no CUDA (run without --no-build)", file=sys.stderr)
+        return 2
+    gpu = gpu_info() if "cuda" in (tools.active().get("variant") or "") else {"name": "CPU"}
+    print(f"GPU: {gpu['name']}; build {tools.active().get('tq_version')}", flush=True)
+
+    model = args.model or paths.home() / "models" / f"synthetic-{shp.name}-q4_0.gguf"
+    if not model.exists():
+        import_gguf()
+        model.parent.mkdir(parents=True, exist_ok=True)
+        t0 = time.time()
+        tmp = model.with_suffix(".part")
+        synthmodel.write_synthetic_llama(
+            tmp, shp, progress=lambda i, n: print(f"\r  writing {shp.name}: layer {i}/{n}", end="", flush=True))
+        tmp.rename(model)
+        print(f"\n  wrote {model} ({model.stat().st_size / 2**30:.2f} GiB) in {time.time() - t0:.0f} s")
+
+    results = {}
+    for k, v in caches:
+        for row in bench(model, k, v, args):
+            test = f"pp{row['n_prompt']}" if row["n_prompt"] else f"tg{row['n_gen']}"
+            results[(f"{k}/{v}", test, row["n_depth"])] = (row["avg_ts"], row["stddev_ts"])
+
+    depths = [int(d) for d in args.depths.split(",")]
+    tests = [f"pp{args.prompt}", f"tg{args.gen}"]
+    lines = [f"# Speed of the KV-cache types on {gpu['name']}", "",
+             f"Model: synthetic `{shp.name}` (n_layer {shp.n_layer}, n_head {shp.n_head}, n_head_kv {shp.n_head_kv}, "
+             f"head {shp.head_dim}, n_ff {shp.n_ff}, vocab {shp.n_vocab}), random Q4_0 weights. "
+             f"llama-bench, `-ngl 99 -fa 1`, {args.reps} repetitions, build `{tools.active().get('tq_version')}`.",
+             "", f"Command: `python scripts/gpu_speed.py --shape {args.shape} --depths {args.depths} "
+             f"--prompt {args.prompt} --gen {args.gen} --reps {args.reps} --caches {args.caches}`", ""]
+    lines += ["| cache K/V | bits | test | depth | tok/s | vs f16 | vs q8_0 |", "|---|---|---|---|---|---|---|"]
+    out_rows = []
+    for test in tests:
+        for d in depths:
+            base_f16 = results.get(("f16/f16", test, d))
+            base_q8 = results.get(("q8_0/q8_0", test, d))
+            for k, v in caches:
+                key = f"{k}/{v}"
+                ts, sd = results.get((key, test, d), (float("nan"), float("nan")))
+                r16 = ts / base_f16[0] if base_f16 else float("nan")
+                r8 = ts / base_q8[0] if base_q8 else float("nan")
+                bits = (BPV[k] + BPV[v]) / 2
+                lines.append(f"| {key} | {bits:g} | {test} | {d} | {ts:.1f} ± {sd:.1f} | {r16:.2f} | {r8:.2f} |")
+                out_rows.append({"cache": key, "bits": bits, "test": test, "depth": d, "ts": ts, "sd": sd,
+                                 "vs_f16": r16, "vs_q8_0": r8})
+    # bandwidth view of decode at the deepest depth: cache bytes read per token / time per token
+    dmax = max(depths)
+    lines += ["", f"Decode at depth {dmax}: KV-cache bytes read per token (all layers) and the rate "
+              "that implies if the whole token time were spent on them (an upper bound on what the "
+              "attention kernel reads):", "", "| cache K/V | KV MiB/token | tok/s | GB/s (bound) |", "|---|---|---|---|"]
+    f16_bytes = shp.kv_bytes_per_token_f16() * dmax
+    for k, v in caches:
+        key = f"{k}/{v}"
+        ts = results.get((key, f"tg{args.gen}", dmax), (float("nan"),))[0]
+        nbytes = f16_bytes * (BPV[k] + BPV[v]) / 2 / 16
+        lines.append(f"| {key} | {nbytes / 2**20:.0f} | {ts:.1f} | {nbytes * ts / 1e9:.0f} |")
+    md = "\n".join(lines) + "\n"
+    print("\n" + md)
+    out = Path(args.out)
+    stem = out.name + "-" + gpu["name"].lower().replace("nvidia ", "").replace(" ", "-")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    (out.parent / f"{stem}.md").write_text(md)
+    (out.parent / f"{stem}.json").write_text(json.dumps(
+        {"schema": 1, "gpu": gpu, "shape": shp.__dict__, "build": tools.active().get("tq_version"),
+         "args": {k: v for k, v in vars(args).items() if k != "model"}, "rows": out_rows}, indent=1, default=str))
+    print(f"wrote {out.parent / stem}.md/.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

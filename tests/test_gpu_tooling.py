@@ -1,0 +1,80 @@
+"""The GPU speed tooling, exercised on the CPU build: synthetic models and scripts/gpu_speed.py.
+
+The CUDA kernels themselves are checked on a GPU machine by test-backend-ops
+(docs/results/cuda.md); what a CPU-only CI can check is that the synthetic model is
+what it claims to be and that the speed script measures, relates and writes its table.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tq_gguf import synthmodel
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_named_shapes_and_unknown_shape():
+    s = synthmodel.shape("llama-8b")
+    assert (s.n_layer, s.n_head, s.n_head_kv, s.head_dim, s.n_ff, s.n_vocab) == (32, 32, 8, 128, 14336, 128256)
+    assert 7.9e9 < s.n_params() < 8.1e9
+    assert s.kv_bytes_per_token_f16() == 32 * 2 * 8 * 128 * 2
+    with pytest.raises(ValueError, match="known: llama-8b"):
+        synthmodel.shape("llama-9000b")
+
+
+def test_synthetic_model_layout(tmp_path):
+    from gguf import GGMLQuantizationType, GGUFReader
+    shp = synthmodel.shape("tiny")
+    p = synthmodel.write_synthetic_llama(tmp_path / "m.gguf", shp)
+    r = GGUFReader(str(p))
+    t = {x.name: x for x in r.tensors}
+    assert len(t) == 3 + 9 * shp.n_layer
+    q = t["blk.0.attn_q.weight"]
+    assert q.tensor_type == GGMLQuantizationType.Q4_0
+    assert list(q.shape) == [shp.n_embd, shp.n_head * shp.head_dim]
+    assert list(t["blk.1.attn_k.weight"].shape) == [shp.n_embd, shp.n_head_kv * shp.head_dim]
+    assert list(t["token_embd.weight"].shape) == [shp.n_embd, shp.n_vocab]
+    assert t["output_norm.weight"].tensor_type == GGMLQuantizationType.F32
+    # every Q4_0 block carries the same small fp16 scale (std ~ 1/sqrt(n_embd))
+    raw = np.asarray(q.data).reshape(-1, 18)
+    d = raw[:, :2].copy().view(np.float16)
+    assert np.all(d == d[0, 0]) and 0 < float(d[0, 0]) < 0.05
+    assert int(r.fields["llama.block_count"].parts[-1][0]) == shp.n_layer
+
+
+def _speed(tmp_path, *extra):
+    cmd = [sys.executable, str(ROOT / "scripts" / "gpu_speed.py"), "--no-build", "--allow-cpu", "--shape", "tiny",
+           "--model", str(tmp_path / "tiny-synth.gguf"), "--depths", "0,64", "--prompt", "16", "--gen", "4",
+           "--reps", "1", "-o", str(tmp_path / "out" / "gpu-speed"), *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+
+
+def test_speed_script_table_on_cpu(built, tmp_path):
+    r = _speed(tmp_path, "--caches", "f16,q8_0,turbo3,q8_0/turbo3")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    out = json.loads((tmp_path / "out" / "gpu-speed-cpu.json").read_text())
+    assert out["schema"] == 1 and out["shape"]["name"] == "tiny"
+    rows = out["rows"]
+    assert {(x["cache"], x["test"], x["depth"]) for x in rows} == {
+        (c, t, d) for c in ("f16/f16", "q8_0/q8_0", "turbo3/turbo3", "q8_0/turbo3")
+        for t in ("pp16", "tg4") for d in (0, 64)}
+    for x in rows:
+        assert x["ts"] > 0
+        if x["cache"] == "f16/f16":
+            assert x["vs_f16"] == pytest.approx(1.0)
+        if x["cache"] == "q8_0/q8_0":
+            assert x["vs_q8_0"] == pytest.approx(1.0)
+        assert x["vs_f16"] == pytest.approx(x["ts"] / next(
+            y["ts"] for y in rows if y["cache"] == "f16/f16" and y["test"] == x["test"] and y["depth"] == x["depth"]))
+    md = (tmp_path / "out" / "gpu-speed-cpu.md").read_text()
+    assert "| cache K/V | bits | test | depth | tok/s | vs f16 | vs q8_0 |" in md and "turbo3/turbo3 | 3.25" in md
+
+
+def test_speed_script_rejects_unknown_cache(tmp_path):
+    r = _speed(tmp_path, "--caches", "f16,turbo9")
+    assert r.returncode == 2 and "unknown cache type 'turbo9'" in r.stderr

@@ -124,22 +124,22 @@ static __device__ void cpy_blck_f32_turbo2(const char * cxi, char * cdsti) {
 }
 
 // f16 sources (CPY, SET_ROWS from an f16 tensor): widen the block, then the same quantizer
-static __device__ void cpy_blck_f16_turbo3(const char * cxi, char * cdsti) {
+template <typename block_t, void (*quantize)(const float *, block_t *)>
+static __device__ void cpy_blck_f16_turbo(const char * cxi, char * cdsti) {
     float x[QK_TURBO];
 #pragma unroll
     for (int j = 0; j < QK_TURBO; ++j) {
         x[j] = __half2float(((const half *) cxi)[j]);
     }
-    quantize_f32_turbo3_block(x, (block_turbo3 *) cdsti);
+    quantize(x, (block_t *) cdsti);
+}
+
+static __device__ void cpy_blck_f16_turbo3(const char * cxi, char * cdsti) {
+    cpy_blck_f16_turbo<block_turbo3, quantize_f32_turbo3_block>(cxi, cdsti);
 }
 
 static __device__ void cpy_blck_f16_turbo2(const char * cxi, char * cdsti) {
-    float x[QK_TURBO];
-#pragma unroll
-    for (int j = 0; j < QK_TURBO; ++j) {
-        x[j] = __half2float(((const half *) cxi)[j]);
-    }
-    quantize_f32_turbo2_block(x, (block_turbo2 *) cdsti);
+    cpy_blck_f16_turbo<block_turbo2, quantize_f32_turbo2_block>(cxi, cdsti);
 }
 
 // dequantize_kernel_t with qk = 64, qr = 2: v = (value iqs, value iqs + 32).

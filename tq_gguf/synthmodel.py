@@ -84,34 +84,9 @@ def write_synthetic_llama(path: Path, shp: Shape, seed: int = 0, progress=None) 
     d, hd = shp.n_embd, shp.head_dim
     Q4 = gguf.GGMLQuantizationType.Q4_0
 
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_name(f"tq-gguf synthetic {shp.name} (random Q4_0 weights)")
-    w.add_context_length(shp.n_ctx_train)
-    w.add_embedding_length(d)
-    w.add_block_count(shp.n_layer)
-    w.add_feed_forward_length(shp.n_ff)
-    w.add_head_count(shp.n_head)
-    w.add_head_count_kv(shp.n_head_kv)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_rope_dimension_count(hd)
-    w.add_rope_freq_base(shp.rope_base)
-    w.add_vocab_size(shp.n_vocab)
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_0)
-    # SentencePiece-style vocab: byte fallback plus filler pieces up to n_vocab
-    from .tinymodel import byte_vocab
-    tokens, scores, types = byte_vocab()
-    extra = shp.n_vocab - len(tokens)
-    tokens = tokens + [f"<unused{i}>" for i in range(extra)]
-    scores = scores + [0.0] * extra
-    types = types + [int(gguf.TokenType.UNUSED)] * extra
-    w.add_tokenizer_model("llama")
-    w.add_token_list(tokens)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_unk_token_id(0)
-    w.add_add_bos_token(True)
+    from .tinymodel import llama_writer
+    w = llama_writer(path, f"tq-gguf synthetic {shp.name} (random Q4_0 weights)", shp, n_vocab=shp.n_vocab,
+                     rope_base=shp.rope_base, file_type=gguf.LlamaFileType.MOSTLY_Q4_0)
 
     def q4(name, rows, cols):
         w.add_tensor(name, src.matrix(rows, cols), raw_dtype=Q4)

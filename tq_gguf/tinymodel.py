@@ -34,28 +34,33 @@ def byte_vocab() -> tuple[list[str], list[float], list[int]]:
     return tokens, scores, [int(t) for t in types]
 
 
-def write_tiny_llama(path: Path, shape: TinyShape = TinyShape(), seed: int = 0,
-                     dtype=np.float16) -> Path:
-    """Write a llama-architecture GGUF with random weights to ``path``."""
+def llama_writer(path, name: str, shape, *, n_vocab: int, rope_base: float, file_type):
+    """A GGUFWriter with the llama hyper-parameters of ``shape`` (n_layer, n_head, n_head_kv,
+    head_dim, n_ff, n_ctx_train, n_embd) and the byte-fallback vocabulary, padded with
+    unused pieces up to ``n_vocab``. The caller adds the tensors."""
     import gguf
 
-    rng = np.random.default_rng(seed)
     tokens, scores, types = byte_vocab()
-    n_vocab, d, hd = len(tokens), shape.n_embd, shape.head_dim
+    extra = n_vocab - len(tokens)
+    if extra < 0:
+        raise ValueError(f"n_vocab must be at least {len(tokens)}")
+    tokens = tokens + [f"<unused{i}>" for i in range(extra)]
+    scores = scores + [0.0] * extra
+    types = types + [int(gguf.TokenType.UNUSED)] * extra
 
     w = gguf.GGUFWriter(str(path), "llama")
-    w.add_name("tq-gguf tiny random llama")
+    w.add_name(name)
     w.add_context_length(shape.n_ctx_train)
-    w.add_embedding_length(d)
+    w.add_embedding_length(shape.n_embd)
     w.add_block_count(shape.n_layer)
     w.add_feed_forward_length(shape.n_ff)
     w.add_head_count(shape.n_head)
     w.add_head_count_kv(shape.n_head_kv)
     w.add_layer_norm_rms_eps(1e-5)
-    w.add_rope_dimension_count(hd)
-    w.add_rope_freq_base(10000.0)
+    w.add_rope_dimension_count(shape.head_dim)
+    w.add_rope_freq_base(rope_base)
     w.add_vocab_size(n_vocab)
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == np.float16 else gguf.LlamaFileType.ALL_F32)
+    w.add_file_type(file_type)
     w.add_tokenizer_model("llama")
     w.add_token_list(tokens)
     w.add_token_scores(scores)
@@ -64,6 +69,19 @@ def write_tiny_llama(path: Path, shape: TinyShape = TinyShape(), seed: int = 0,
     w.add_eos_token_id(2)
     w.add_unk_token_id(0)
     w.add_add_bos_token(True)
+    return w
+
+
+def write_tiny_llama(path: Path, shape: TinyShape = TinyShape(), seed: int = 0,
+                     dtype=np.float16) -> Path:
+    """Write a llama-architecture GGUF with random weights to ``path``."""
+    import gguf
+
+    rng = np.random.default_rng(seed)
+    n_vocab, d, hd = len(byte_vocab()[0]), shape.n_embd, shape.head_dim
+
+    w = llama_writer(path, "tq-gguf tiny random llama", shape, n_vocab=n_vocab, rope_base=10000.0,
+                     file_type=gguf.LlamaFileType.MOSTLY_F16 if dtype == np.float16 else gguf.LlamaFileType.ALL_F32)
 
     def mat(rows, cols, scale=None):
         s = scale if scale is not None else 1.0 / np.sqrt(cols)

@@ -10,7 +10,10 @@ measured in this same run. Writes Markdown and JSON next to --out.
 
     python scripts/gpu_speed.py [--shape llama-8b] [--depths 0,8192,32768]
         [--prompt 2048] [--gen 128] [--reps 3] [--caches f16,q8_0,q4_0,turbo3,turbo2,q8_0/turbo3]
-        [--cuda-arch 90] [--src-pack PACK] [--no-build] [-o docs/results/gpu-speed]
+        [--cuda-arch ARCH] [--src-pack PACK] [--no-build] [-o docs/results/gpu-speed]
+
+The build targets the GPU's own compute capability and compiles a FlashAttention
+vector kernel for every K/V pair asked for (on top of the series' default list).
 """
 
 from __future__ import annotations
@@ -50,9 +53,36 @@ def import_gguf():
         import gguf  # noqa: F401
 
 
-def build(args) -> None:
-    cmd = [sys.executable, "-m", "tq_gguf", "build", "--cuda", "--cuda-arch", args.cuda_arch,
-           "-j", str(args.jobs), "--no-bindings"]
+# the series' default GGML_CUDA_FA_QUANTS (patches/0006); pairs the run asks for are added to it
+DEFAULT_FA = ["q4_0-q4_0", "q8_0-q8_0", "f16-f16", "bf16-bf16", "turbo3-turbo3", "turbo2-turbo2",
+              "turbo3-turbo2", "q8_0-turbo3", "q8_0-turbo2", "f16-turbo3"]
+
+
+def fa_quants(caches: list[list[str]]) -> str:
+    """GGML_CUDA_FA_QUANTS that compiles a vector kernel for every K/V pair of the run."""
+    pairs = list(DEFAULT_FA)
+    for k, v in caches:
+        if f"{k}-{v}" not in pairs:
+            pairs.append(f"{k}-{v}")
+    return ";".join(pairs)
+
+
+def detect_cuda_arch(smi_output: str | None = None) -> str:
+    """CMAKE_CUDA_ARCHITECTURES of the first GPU ('9.0' -> '90'), or '90' if unknown."""
+    if smi_output is None:
+        try:
+            smi_output = subprocess.run(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"],
+                                        capture_output=True, text=True, timeout=30).stdout
+        except (OSError, subprocess.SubprocessError):
+            smi_output = ""
+    first = smi_output.strip().splitlines()[0].strip() if smi_output.strip() else ""
+    major, _, minor = first.partition(".")
+    return f"{major}{minor}" if major.isdigit() and minor.isdigit() else "90"
+
+
+def build(args, caches) -> None:
+    cmd = [sys.executable, "-m", "tq_gguf", "build", "--cuda", "--cuda-arch", args.cuda_arch or detect_cuda_arch(),
+           "-j", str(args.jobs), "--no-bindings", "--fa-quants", fa_quants(caches)]
     if args.src_pack:
         cmd += ["--src-pack", args.src_pack]
     print("+", " ".join(cmd), flush=True)
@@ -79,7 +109,7 @@ def main() -> int:
     ap.add_argument("--gen", type=int, default=128)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--caches", default=DEFAULT_CACHES, help="comma list of K/V or one type for both")
-    ap.add_argument("--cuda-arch", default="90")
+    ap.add_argument("--cuda-arch", default=None, help="default: the GPU's compute capability (nvidia-smi)")
     ap.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 4)
     ap.add_argument("--src-pack", help="offline source pack (tq-gguf build --pack-src)")
     ap.add_argument("--no-build", action="store_true", help="use the active build as it is")
@@ -97,7 +127,7 @@ def main() -> int:
                 ap.error(f"unknown cache type {t!r}; known: {', '.join(BPV)}")
 
     if not args.no_build:
-        build(args)
+        build(args, caches)
     if "cuda" not in (tools.active().get("variant") or "") and not args.allow_cpu:
         print("error: the active build has no CUDA (run without --no-build)", file=sys.stderr)
         return 2

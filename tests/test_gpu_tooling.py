@@ -78,3 +78,19 @@ def test_speed_script_table_on_cpu(built, tmp_path):
 def test_speed_script_rejects_unknown_cache(tmp_path):
     r = _speed(tmp_path, "--caches", "f16,turbo9")
     assert r.returncode == 2 and "unknown cache type 'turbo9'" in r.stderr
+
+
+def test_speed_script_build_settings():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import gpu_speed
+    finally:
+        sys.path.pop(0)
+    assert gpu_speed.detect_cuda_arch("9.0\n9.0\n") == "90"
+    assert gpu_speed.detect_cuda_arch("8.6") == "86"
+    assert gpu_speed.detect_cuda_arch("") == "90" and gpu_speed.detect_cuda_arch("[N/A]") == "90"
+    fa = gpu_speed.fa_quants([["turbo3", "q8_0"], ["f16", "f16"], ["turbo3", "turbo3"]]).split(";")
+    assert "turbo3-q8_0" in fa and fa.count("f16-f16") == 1 and fa.count("turbo3-turbo3") == 1
+    # the script's default list is the series' default (patches/0006 sets it in ggml/CMakeLists.txt)
+    patch = (ROOT / "patches" / "0006-turbo-cuda.patch").read_text()
+    assert '+set   (GGML_CUDA_FA_QUANTS "' + ";".join(gpu_speed.DEFAULT_FA) + '"' in patch

@@ -119,7 +119,10 @@ def main() -> int:
     args = ap.parse_args()
 
     from tq_gguf import synthmodel
-    shp = synthmodel.shape(args.shape)
+    try:
+        shp = synthmodel.shape(args.shape)
+    except ValueError as e:
+        ap.error(str(e))
     caches = [(c.split("/") + c.split("/"))[:2] for c in args.caches.split(",")]
     for k, v in caches:
         for t in (k, v):

@@ -75,9 +75,12 @@ def test_speed_script_table_on_cpu(built, tmp_path):
     assert "| cache K/V | bits | test | depth | tok/s | vs f16 | vs q8_0 |" in md and "turbo3/turbo3 | 3.25" in md
 
 
-def test_speed_script_rejects_unknown_cache(tmp_path):
+def test_speed_script_rejects_unknown_cache_and_shape(tmp_path):
     r = _speed(tmp_path, "--caches", "f16,turbo9")
     assert r.returncode == 2 and "unknown cache type 'turbo9'" in r.stderr
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_speed.py"), "--no-build", "--shape", "llama-9000b"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "unknown model shape 'llama-9000b'" in r.stderr
 
 
 def test_speed_script_build_settings():

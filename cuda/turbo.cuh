@@ -1,9 +1,7 @@
 // tq-gguf: turbo2/turbo3 KV-cache codec on CUDA.
 //
 // Block layouts and the arithmetic are those of tq_gguf/turbo.py (the reference) and
-// quantize_block_turbo() in ggml-quants.c: the quantizer below is bit-exact with both
-// (float64 sums in index order with no FMA contraction, strict '>' against the float64
-// midpoints of the float32 codebook, scale rounded float64 -> float32 -> fp16).
+// quantize_block_turbo() in ggml-quants.c; the quantizer is in turbo-quant.h.
 //
 //   turbo3 (26 B / 64 values): fp16 d, qs[16] low 2 bits, qh[8] high bit
 //   turbo2 (18 B / 64 values): fp16 d, qs[16] 2-bit index
@@ -11,108 +9,16 @@
 #pragma once
 
 #include "common.cuh"
+#include "turbo-quant.h"
 
-// One 64-value block, one thread (the cache write: a few blocks per token and layer).
-// Fully unrolled so that values, indices and packed bytes stay in registers; the two
-// float64 sums are sequential chains as in the reference, so the block's latency is
-// about 2*64 dependent double adds.
-template <int levels>
-static __device__ __forceinline__ void tq_quantize_block_turbo(const float * __restrict__ x, half & d, uint32_t * qs32, uint32_t * qh32) {
-    const float * cb = levels == 8 ? kvalues_turbo3 : kvalues_turbo2;
-    float xv[QK_TURBO];
-#pragma unroll
-    for (int j = 0; j < QK_TURBO; ++j) {
-        xv[j] = x[j];
-    }
-    double ss = 0.0;
-#pragma unroll
-    for (int j = 0; j < QK_TURBO; ++j) {
-        ss = __dadd_rn(ss, __dmul_rn((double) xv[j], (double) xv[j]));
-    }
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        qs32[i] = 0;
-    }
-    qh32[0] = qh32[1] = 0;
-    if (!(ss > 0.0)) {
-        // zero (or NaN) block: middle index, d = 0 (as the CPU reference)
-        constexpr uint32_t q = levels/2;
-#pragma unroll
-        for (int j = 0; j < QK_TURBO; ++j) {
-            qs32[(j % 16)/4] |= (q & 3) << (8*(j % 4) + 2*(j / 16));
-            if (levels == 8) {
-                qh32[(j % 8)/4] |= (q >> 2) << (8*(j % 4) + j / 8);
-            }
-        }
-        d = __float2half_rn(0.0f);
-        return;
-    }
-    double cbd[levels];
-    double mid[levels - 1];
-#pragma unroll
-    for (int k = 0; k < levels; ++k) {
-        cbd[k] = (double) cb[k];
-    }
-#pragma unroll
-    for (int k = 0; k < levels - 1; ++k) {
-        mid[k] = __ddiv_rn(__dadd_rn(cbd[k], cbd[k + 1]), 2.0);
-    }
-    const double n   = __dsqrt_rn(ss);
-    const double inv = __ddiv_rn(8.0, n);
-    double rr = 0.0;
-#pragma unroll
-    for (int j = 0; j < QK_TURBO; ++j) {
-        const double y = __dmul_rn((double) xv[j], inv);
-        uint32_t q = 0;
-        double c = cbd[0];
-#pragma unroll
-        for (int k = 0; k < levels - 1; ++k) {
-            const bool up = y > mid[k];   // mid is increasing: the last true k sets q
-            q += up;
-            c = up ? cbd[k + 1] : c;
-        }
-        qs32[(j % 16)/4] |= (q & 3) << (8*(j % 4) + 2*(j / 16));
-        if (levels == 8) {
-            qh32[(j % 8)/4] |= (q >> 2) << (8*(j % 4) + j / 8);
-        }
-        rr = __dadd_rn(rr, __dmul_rn(c, c));
-    }
-    float s = __double2float_rn(__ddiv_rn(n, __dsqrt_rn(rr)));
-    if (s > 65504.0f) {
-        s = 65504.0f;
-    }
-    d = __float2half_rn(s);
-}
-
-// blocks are 26/18 bytes: only 2-byte alignment holds, so store 16-bit halves of the words
-static __device__ __forceinline__ void tq_st_u32_a2(uint8_t * p, const uint32_t v) {
-    uint16_t * p16 = (uint16_t *) p;
-    p16[0] = uint16_t(v & 0xFFFF);
-    p16[1] = uint16_t(v >> 16);
-}
-
+// The cache write: one thread per 64-value block (a few blocks per token and layer),
+// with the quantizer of turbo-quant.h, which tests also build for the host.
 static __device__ void quantize_f32_turbo3_block(const float * __restrict__ x, block_turbo3 * __restrict__ y) {
-    half d;
-    uint32_t qs[4], qh[2];
-    tq_quantize_block_turbo<8>(x, d, qs, qh);
-    y->d = d;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        tq_st_u32_a2(y->qs + 4*i, qs[i]);
-    }
-    tq_st_u32_a2(y->qh + 0, qh[0]);
-    tq_st_u32_a2(y->qh + 4, qh[1]);
+    tq_quantize_block<8>(x, kvalues_turbo3, (uint8_t *) y);
 }
 
 static __device__ void quantize_f32_turbo2_block(const float * __restrict__ x, block_turbo2 * __restrict__ y) {
-    half d;
-    uint32_t qs[4], qh[2];
-    tq_quantize_block_turbo<4>(x, d, qs, qh);
-    y->d = d;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        tq_st_u32_a2(y->qs + 4*i, qs[i]);
-    }
+    tq_quantize_block<4>(x, kvalues_turbo2, (uint8_t *) y);
 }
 
 static __device__ void cpy_blck_f32_turbo3(const char * cxi, char * cdsti) {

@@ -90,13 +90,11 @@ def build(args, caches) -> None:
 
 
 def bench(model: Path, k: str, v: str, args) -> list[dict]:
-    a = ["-m", model, "-ngl", "99", "-fa", "1", "-ctk", k, "-ctv", v, "-p", str(args.prompt),
-         "-n", str(args.gen), "-d", args.depths, "-r", str(args.reps), "-o", "json"]
+    from tq_gguf.bench.caches import Cache
+    from tq_gguf.bench.llamabench import run_llama_bench
     t0 = time.time()
-    r = tools.run_tool("llama-bench", *a, timeout=3600)
-    if r.returncode != 0:
-        raise RuntimeError(f"llama-bench {k}/{v} failed (exit {r.returncode}):\n{r.stderr[-3000:]}")
-    rows = json.loads(r.stdout)
+    rows = run_llama_bench(model, [Cache(k, v)], [int(d) for d in args.depths.split(",")], args.prompt, args.gen,
+                           args.reps, os.cpu_count() or 4, 99, timeout=3600)
     print(f"  {k}/{v}: {len(rows)} results in {time.time() - t0:.0f} s", flush=True)
     return rows
 
@@ -151,8 +149,7 @@ def main() -> int:
     results = {}
     for k, v in caches:
         for row in bench(model, k, v, args):
-            test = f"pp{row['n_prompt']}" if row["n_prompt"] else f"tg{row['n_gen']}"
-            results[(f"{k}/{v}", test, row["n_depth"])] = (row["avg_ts"], row["stddev_ts"])
+            results[(f"{k}/{v}", row["test"], row["depth"])] = (row["tok_s"], row["tok_s_sd"])
 
     depths = [int(d) for d in args.depths.split(",")]
     tests = [f"pp{args.prompt}", f"tg{args.gen}"]

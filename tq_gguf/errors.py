@@ -5,5 +5,10 @@ from .patchset import AlreadyAppliedError, PatchError
 from .progress import StageError
 from .tools import ToolNotBuilt
 
-UserError = (ChecksumError, FetchError, PatchError, AlreadyAppliedError, StageError, ToolNotBuilt,
+
+class UsageError(Exception):
+    """Bad arguments or input files."""
+
+
+UserError = (UsageError, ChecksumError, FetchError, PatchError, AlreadyAppliedError, StageError, ToolNotBuilt,
              FileNotFoundError)

@@ -8,6 +8,9 @@ and the cache tests need, without the high-level Llama object's policies.
 from __future__ import annotations
 
 import ctypes
+import os
+import sys
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +20,48 @@ from .ggmlc import GGML_TYPE as CACHE_TYPES  # one table of ggml_type values
 
 def _lib():
     import llama_cpp
+    _Log.install(llama_cpp)
     return llama_cpp
+
+
+class _Log:
+    """llama.cpp's log, kept for parsing (KV buffer sizes) and for error messages.
+
+    Printed only at error level, or all of it with TQ_GGUF_VERBOSE=1: the
+    bindings' own logger prints everything to stderr.
+    """
+    pieces: deque = deque(maxlen=20000)
+    count = 0
+    _cb = None
+
+    @classmethod
+    def install(cls, l) -> None:
+        if cls._cb is not None:
+            return
+        verbose = os.environ.get("TQ_GGUF_VERBOSE") == "1"
+
+        def on_log(level, text, _user):
+            t = text.decode("utf-8", "replace") if text else ""
+            cls.pieces.append(t)
+            cls.count += 1
+            if verbose or level == 3:
+                sys.stderr.write(t)
+
+        cls._cb = l.llama_log_callback(on_log)  # keep a reference: C holds the pointer
+        l.llama_log_set(cls._cb, ctypes.c_void_p(0))
+
+    @classmethod
+    def mark(cls) -> int:
+        return cls.count
+
+    @classmethod
+    def since(cls, mark: int) -> str:
+        n = min(cls.count - mark, len(cls.pieces))
+        return "".join(list(cls.pieces)[len(cls.pieces) - n:]) if n > 0 else ""
+
+
+def log_tail(mark: int, lines: int = 12) -> str:
+    return "\n".join(_Log.since(mark).splitlines()[-lines:])
 
 
 class Model:
@@ -26,11 +70,29 @@ class Model:
         l.llama_backend_init()
         mp = l.llama_model_default_params()
         mp.n_gpu_layers = n_gpu_layers
+        mark = _Log.mark()
         self.ptr = l.llama_model_load_from_file(str(path).encode(), mp)
         if not self.ptr:
-            raise RuntimeError(f"could not load model {path}")
+            raise RuntimeError(f"could not load model {path}:\n{log_tail(mark)}")
+        self.path = Path(path)
         self.vocab = l.llama_model_get_vocab(self.ptr)
         self.n_vocab = l.llama_vocab_n_tokens(self.vocab)
+        self.n_layer = l.llama_model_n_layer(self.ptr)
+        self.n_params = l.llama_model_n_params(self.ptr)
+        self.add_bos = bool(l.llama_vocab_get_add_bos(self.vocab))
+        self.bos = l.llama_vocab_bos(self.vocab)
+        buf = ctypes.create_string_buffer(256)
+        l.llama_model_desc(self.ptr, buf, len(buf))
+        self.desc = buf.value.decode(errors="replace")
+
+    def piece(self, token: int) -> str:
+        l = _lib()
+        buf = ctypes.create_string_buffer(64)
+        n = l.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        return buf.raw[:max(n, 0)].decode("utf-8", "replace")
+
+    def is_eog(self, token: int) -> bool:
+        return bool(_lib().llama_vocab_is_eog(self.vocab, token))
 
     def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
         l = _lib()
@@ -52,19 +114,27 @@ class Model:
 
 class Session:
     def __init__(self, model: Model, n_ctx: int = 512, type_k: str = "f16", type_v: str = "f16",
-                 flash_attn: bool = True, n_threads: int = 2, n_batch: int = 512, n_seq_max: int = 1):
+                 flash_attn: bool = True, n_threads: int = 2, n_batch: int = 512, n_seq_max: int = 1,
+                 n_ubatch: int | None = None):
         l = _lib()
         self.model = model
+        if type_k not in CACHE_TYPES or type_v not in CACHE_TYPES:
+            bad = type_k if type_k not in CACHE_TYPES else type_v
+            raise ValueError(f"unknown cache type {bad!r}; known: {', '.join(CACHE_TYPES)}")
         cp = l.llama_context_default_params()
-        cp.n_ctx, cp.n_batch, cp.n_ubatch = n_ctx, n_batch, n_batch
+        cp.n_ctx, cp.n_batch, cp.n_ubatch = n_ctx, n_batch, min(n_ubatch or n_batch, n_batch)
         cp.n_threads = cp.n_threads_batch = n_threads
         cp.n_seq_max = n_seq_max
         cp.type_k, cp.type_v = CACHE_TYPES[type_k], CACHE_TYPES[type_v]
         cp.flash_attn_type = l.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else l.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        mark = _Log.mark()
         self.ptr = l.llama_init_from_model(model.ptr, cp)
         if not self.ptr:
             raise RuntimeError(f"could not create a context with K={type_k} V={type_v} "
-                               f"(flash attention {'on' if flash_attn else 'off'}); see the log above")
+                               f"(flash attention {'on' if flash_attn else 'off'}):\n{log_tail(mark)}")
+        from .perplexity import kv_cache_size
+        self.kv = kv_cache_size(_Log.since(mark))  # what llama.cpp allocated, from its log line
+        self.n_ctx = l.llama_n_ctx(self.ptr)
         self.mem = l.llama_get_memory(self.ptr)
         self.batch = l.llama_batch_init(n_batch, 0, 1)
         self.n_batch = n_batch
@@ -91,6 +161,40 @@ class Session:
                     p = l.llama_get_logits_ith(self.ptr, i)
                     out.append(np.ctypeslib.as_array(p, shape=(self.model.n_vocab,)).copy())
         return np.array(out) if all_logits else out[-1]
+
+    def eval(self, tokens, pos0: int, seq: int = 0, outputs=None) -> np.ndarray | None:
+        """One llama_decode of at most n_batch tokens; ``outputs[i]`` asks for token i's logits.
+
+        Returns a zero-copy [n_outputs, n_vocab] view of llama.cpp's logits,
+        valid until this context decodes again (None when nothing was asked).
+        """
+        l = _lib()
+        n = len(tokens)
+        if n > self.n_batch:
+            raise ValueError(f"{n} tokens exceed n_batch {self.n_batch}")
+        b = self.batch
+        b.n_tokens = n
+        n_out = 0
+        for i, t in enumerate(tokens):
+            b.token[i] = int(t)
+            b.pos[i] = pos0 + i
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = seq
+            want = bool(outputs[i]) if outputs is not None else i == n - 1
+            b.logits[i] = want
+            n_out += want
+        rc = l.llama_decode(self.ptr, b)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed ({rc}) at position {pos0} with {n} tokens")
+        if not n_out:
+            return None
+        return np.ctypeslib.as_array(l.llama_get_logits(self.ptr), shape=(n_out, self.model.n_vocab))
+
+    def clear(self) -> None:
+        _lib().llama_memory_clear(self.mem, True)
+
+    def synchronize(self) -> None:
+        _lib().llama_synchronize(self.ptr)
 
     def seq_rm(self, seq: int, p0: int, p1: int) -> bool:
         return _lib().llama_memory_seq_rm(self.mem, seq, p0, p1)

@@ -72,6 +72,7 @@ def _bad_corpus(good, d):
     edit("negative-speed.json", lambda x: x["results"]["speed"][0].update(tok_s=-5.0))
     put("nan-speed.json", text.replace(f'"tok_s": {doc["results"]["speed"][0]["tok_s"]}', '"tok_s": NaN', 1))
     edit("bad-hash.json", lambda x: x["model"].update(sha256="12345xyz"))
+    edit("mismatched-series.json", lambda x: x["tq_gguf"].update(series_sha256="0" * 64))
     edit("markup.json", lambda x: x["model"].update(file="<script>alert(1)</script>.gguf"))
     edit("md-link.json", lambda x: x["hardware"].update(cpu="[click](https://example.com)"))
     edit("missing-depth.json", lambda x: x["results"].update(
@@ -83,7 +84,7 @@ def _bad_corpus(good, d):
         f.truncate(100 * 2**20)
     return {"truncated.json": "not valid JSON", "old-schema.json": "expected 'tq-gguf.submission/1'",
             "negative-speed.json": "tok_s", "nan-speed.json": "non-finite number NaN",
-            "bad-hash.json": "sha256", "markup.json": "markup", "md-link.json": "markup",
+            "bad-hash.json": "sha256", "mismatched-series.json": "does not match series_sha256", "markup.json": "markup", "md-link.json": "markup",
             "missing-depth.json": "depths [64] neither measured", "f16-not-zero.json": "expected 0",
             "array.json": "not an object", "binary.json": "not UTF-8", "huge.json": "larger than"}
 

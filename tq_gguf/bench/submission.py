@@ -97,6 +97,9 @@ def check(doc) -> None:
     except jsonschema.ValidationError as e:
         path = "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e.absolute_path)
         raise Invalid(f"{path}: {e.message[:200]}") from None
+    tq = doc["tq_gguf"]
+    if tq["series"].rsplit("+", 1)[-1] != tq["series_sha256"][:12]:
+        raise Invalid(f"tq_gguf.series {tq['series']!r} does not match series_sha256 {tq['series_sha256'][:12]}…")
     r, st = doc["results"], doc["settings"]
     for x in r["speed"]:
         if x["tok_s"] > MAX_TOK_S:

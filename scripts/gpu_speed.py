@@ -30,9 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tq_gguf import paths, tools  # noqa: E402
+from tq_gguf.bench.caches import BITS_PER_VALUE as BPV  # noqa: E402
 
 DEFAULT_CACHES = "f16,q8_0,q4_0,turbo3,turbo2,q8_0/turbo3"
-BPV = {"f16": 16.0, "q8_0": 8.5, "q4_0": 4.5, "turbo3": 3.25, "turbo2": 2.25}
 
 
 def gpu_info() -> dict:

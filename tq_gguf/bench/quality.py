@@ -55,8 +55,9 @@ def run_ppl(model_path: Path, text: str, caches: list[Cache], ctx: int = 2048, c
         sessions: dict = {}
         try:
             for key, k, v in [("ref", "f16", "f16"), *((c, c.k, c.v) for c in others)]:
-                sessions[key] = runtime.Session(model, n_ctx=ctx, type_k=k, type_v=v, flash_attn=True,
-                                                n_threads=threads, n_batch=n_batch)
+                with runtime.environ(dict(key.env) if key != "ref" else {}):
+                    sessions[key] = runtime.Session(model, n_ctx=ctx, type_k=k, type_v=v, flash_attn=True,
+                                                    n_threads=threads, n_batch=n_batch)
             stats = {c: KldStats() for c in others}
             secs = {c: 0.0 for c in sessions}
             with bar(n_chunk * len(sessions), "ppl", unit="pass", enabled=show_progress) as pb:

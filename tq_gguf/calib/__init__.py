@@ -1,0 +1,1 @@
+"""Calibration for the turbo KV-cache types, carried in the GGUF (``turbo.*`` keys)."""

@@ -1,0 +1,306 @@
+"""`tq-gguf calibrate`: capture, fit, choose, validate, write.
+
+1. Calibration tokens: ``text`` (user data) or, by default, text the model
+   writes itself from short neutral prompts (no dataset needed).
+2. Capture Q/K/V moments through the patched runtime (capture.py).
+3. Fit each transform kind (fit.py), write each as a side-car calibration and
+   measure held-out KLD against an f16 cache through the real runtime
+   (LLAMA_TURBO_CALIB=side-car); the uncalibrated default is measured the same
+   way (LLAMA_TURBO_CALIB=off). Keep the best; refuse when it is not better.
+4. With a bits-per-value budget, a per-layer type policy: the measured KLD
+   gain of giving each layer's K or V q8_0 (LLAMA_TURBO_POLICY, one context
+   each), chosen greedily by gain per bit, kept only if the whole policy
+   measures better than the uniform type.
+5. Copy the model with the turbo.* keys (schema.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import runtime
+from ..bench.caches import BITS_PER_VALUE, Cache
+from ..bench.progress import bar
+from ..codebook import CODEBOOKS
+from . import fit as fitmod
+from .capture import Capture
+from .schema import CalibError, Calibration, write_model, write_sidecar
+
+# architectures whose attention the runtime transforms exactly (no soft-capping or
+# learned sinks); others are refused rather than silently miscalibrated
+SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "gemma3", "mistral3", "granite", "olmo2", "phi3")
+
+PROMPTS = (
+    "The history of the city begins", "Here is a short guide to", "Once upon a time, in a small village,",
+    "The main reasons for this are", "In the following section we describe", "Dear team,\n\nI wanted to",
+    "A recipe for a simple dinner:", "The weather report for the coming week", "Chapter 1\n\n",
+    "How does a computer store numbers?", "The committee met on Tuesday to discuss", "def parse_config(path):\n",
+)
+CANDIDATES = (("mean", "mean"), ("scale", "mean"), ("whiten", "mean"))
+
+
+@dataclass
+class Settings:
+    text: Path | None = None          # calibration text (default: generated)
+    tokens: int = 4096                # calibration tokens
+    types: tuple[str, ...] = ("turbo3", "turbo2")
+    budget_bpv: float | None = None   # per-layer policy budget
+    heldout: Path | None = None       # validation text (default: generated with other prompts)
+    ctx: int = 512                    # capture sequence length and validation context
+    val_chunks: int = 4
+    sweep_chunks: int = 2
+    threads: int = os.cpu_count() or 2
+    seed: int = 1234
+    kinds: tuple[tuple[str, str], ...] = CANDIDATES
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def model_info(path: Path) -> dict:
+    """Architecture, layer count and head sizes from the GGUF, with clear refusals."""
+    import gguf
+    try:
+        r = gguf.GGUFReader(str(path))
+    except Exception as e:
+        raise CalibError(f"{path}: not a readable GGUF file ({e})") from None
+    f = r.fields
+    arch = f["general.architecture"].contents() if "general.architecture" in f else None
+    if arch not in SUPPORTED_ARCHS:
+        raise CalibError(f"{path}: architecture '{arch}' is not supported by tq-gguf calibrate "
+                         f"(supported: {', '.join(SUPPORTED_ARCHS)})")
+
+    def get(key, default=None):
+        fld = f.get(f"{arch}.{key}")
+        if fld is None:
+            return default
+        v = fld.contents()
+        return v
+
+    n_layer = int(get("block_count"))
+    n_embd, n_head = int(get("embedding_length")), get("attention.head_count")
+    n_head = int(n_head if not isinstance(n_head, list) else max(n_head))
+    d_k = int(get("attention.key_length", n_embd // n_head))
+    d_v = int(get("attention.value_length", n_embd // n_head))
+    if d_k % 64 or d_v % 64:
+        raise CalibError(f"{path}: head size {d_k}/{d_v} is not a multiple of 64; the turbo types need 64, 128, 256, ...")
+    if get("attn_logit_softcapping") is not None:
+        raise CalibError(f"{path}: attention logit soft-capping breaks the key offset; not supported")
+    return {"arch": arch, "n_layer": n_layer, "d_k": d_k, "d_v": d_v}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def generate(model: runtime.Model, n_tokens: int, seq_len: int, prompts, seed: int, threads: int,
+             desc: str) -> list[list[int]]:
+    """Sequences the model writes itself (temperature 0.8, top-k 40), seq_len tokens each."""
+    rng = np.random.default_rng(seed)
+    n_seq = max(1, -(-n_tokens // seq_len))
+    seqs = []
+    s = runtime.Session(model, n_ctx=seq_len, n_threads=threads, n_batch=min(512, seq_len))
+    try:
+        with bar(n_seq * seq_len, desc, unit="tok") as pb:
+            for i in range(n_seq):
+                toks = model.tokenize(prompts[i % len(prompts)], add_bos=True)[:seq_len // 4]
+                s.clear()
+                logits = s.decode(toks, 0)
+                pb.update(len(toks))
+                while len(toks) < seq_len:
+                    z = logits.astype(np.float64) / 0.8
+                    top = np.argpartition(z, -40)[-40:]
+                    p = np.exp(z[top] - z[top].max())
+                    t = int(top[rng.choice(len(top), p=p / p.sum())])
+                    if model.is_eog(t):  # keep writing: restart from a prompt-less newline
+                        t = model.tokenize("\n", add_bos=False)[-1]
+                    toks.append(t)
+                    logits = s.decode([t], len(toks) - 1)
+                    pb.update(1)
+                seqs.append(toks)
+    finally:
+        s.close()
+    return seqs
+
+
+def _text_seqs(model: runtime.Model, path: Path, n_tokens: int, seq_len: int) -> list[list[int]]:
+    toks = model.tokenize(path.read_text(errors="replace"), add_bos=False)
+    if len(toks) < seq_len:
+        raise CalibError(f"{path}: {len(toks)} tokens; at least {seq_len} are needed")
+    n = min(len(toks) // (seq_len - 1), max(1, n_tokens // seq_len))
+    bos = [model.bos] if model.add_bos else []
+    return [bos + toks[i * (seq_len - len(bos)):(i + 1) * (seq_len - len(bos))] for i in range(n)]
+
+
+def _detok(model: runtime.Model, seqs: list[list[int]]) -> str:
+    return "\n".join("".join(model.piece(t) for t in s if t != model.bos) for s in seqs)
+
+
+class Evaluator:
+    """Held-out KLD against an f16 cache, through the real runtime, for a side-car calibration."""
+
+    def __init__(self, model_path: Path, text: str, ctx: int, chunks: int, threads: int, workdir: Path):
+        self.model_path, self.text, self.ctx, self.chunks, self.threads = model_path, text, ctx, chunks, threads
+        self.workdir = workdir
+        self.n = 0
+
+    def run(self, calib: Calibration | None, caches: list[Cache], chunks: int | None = None) -> dict[str, dict]:
+        from ..bench.quality import run_ppl
+        if calib is None:
+            env = "off"
+        else:
+            self.n += 1
+            env = str(write_sidecar(self.workdir / f"candidate-{self.n}.gguf", calib))
+        with runtime.environ({"LLAMA_TURBO_CALIB": env}):
+            doc = run_ppl(self.model_path, self.text, caches, ctx=self.ctx, chunks=chunks or self.chunks,
+                          threads=self.threads, show_progress=False)
+        return {r["cache"]: r for r in doc["results"]}
+
+
+def _policy_sweep(ev: Evaluator, calib: Calibration, typ: str, budget: float,
+                  layer_vals: dict[int, int]) -> tuple[dict[str, list[str]] | None, dict]:
+    """Greedy per-layer q8_0 upgrades under ``budget`` bits per value; None when none helps."""
+    up = "q8_0"
+    cost_bits = BITS_PER_VALUE[up] - BITS_PER_VALUE[typ]
+    total = 2 * sum(layer_vals.values())
+    room = (budget - BITS_PER_VALUE[typ]) * total
+    if room < cost_bits * min(layer_vals.values()):
+        return None, {"reason": f"budget {budget} leaves no room for one {up} layer"}
+    items = [(side, il) for il in sorted(layer_vals) for side in ("k", "v")]
+    # contexts per model load: each holds n_vocab x n_batch logits
+    group = 8
+    gains: dict[tuple[str, int], float] = {}
+    with bar(len(items), f"policy {typ}: sensitivity", unit="layer") as pb:
+        for g0 in range(0, len(items), group):
+            part = items[g0:g0 + group]
+            # the uniform type in every group: gains are paired differences on the same tokens
+            base = Cache(typ, typ, label="uniform", env=(("LLAMA_TURBO_POLICY", "off"),))
+            caches = [Cache(typ, typ, label=f"{s}{il}", env=(("LLAMA_TURBO_POLICY", f"{s}{il}={up}"),)) for s, il in part]
+            res = ev.run(calib, [base, *caches], chunks=ev.sweep_chunks)
+            for (s, il), c in zip(part, caches):
+                gains[(s, il)] = res["uniform"]["kld"] - res[c.name]["kld"]
+            pb.update(len(part))
+    chosen, used = [], 0.0
+    for key in sorted(gains, key=lambda k: -gains[k] / layer_vals[k[1]]):
+        c = cost_bits * layer_vals[key[1]]
+        if gains[key] > 0 and used + c <= room:
+            chosen.append(key)
+            used += c
+    if not chosen:
+        return None, {"reason": "no layer's upgrade measured a gain"}
+    n_layer = calib.n_layer
+    pol = {"k": [typ] * n_layer, "v": [typ] * n_layer}
+    for s, il in chosen:
+        pol[s][il] = up
+    bpv = BITS_PER_VALUE[typ] + used / total
+    return pol, {"upgrades": [f"{s}{il}" for s, il in chosen], "bpv": round(bpv, 4),
+                 "sweep_gain": {f"{s}{il}": round(g, 6) for (s, il), g in gains.items()}}
+
+
+def run(model_path: Path, out: Path, st: Settings) -> Calibration:
+    t0 = time.time()
+    model_path, out = Path(model_path), Path(out)
+    if not model_path.is_file():
+        raise CalibError(f"{model_path}: no such file")
+    if out.exists() and out.resolve() == model_path.resolve():
+        raise CalibError("the output must not be the input model")
+    for t in st.types:
+        if t not in ("turbo3", "turbo2"):
+            raise CalibError(f"--types: {t!r} is not a turbo type (turbo3, turbo2)")
+    info = model_info(model_path)
+    _log(f"calibrate: {model_path.name} ({info['arch']}, {info['n_layer']} layers, head {info['d_k']})")
+
+    model = runtime.Model(model_path)
+    try:
+        if st.text:
+            seqs = _text_seqs(model, Path(st.text), st.tokens, st.ctx)
+            source = {"text": str(st.text), "sha256": _sha256(Path(st.text))}
+        else:
+            seqs = generate(model, st.tokens, st.ctx, PROMPTS[:6], st.seed, st.threads, "calibration text")
+            source = {"text": "generated", "prompts": list(PROMPTS[:6]), "seed": st.seed}
+        if st.heldout:
+            val_text = Path(st.heldout).read_text(errors="replace")
+        else:
+            need = (st.val_chunks + 1) * st.ctx
+            val_text = _detok(model, generate(model, need, st.ctx, PROMPTS[6:], st.seed + 1, st.threads,
+                                              "held-out text"))
+        cap = Capture(model, n_ctx=st.ctx, threads=st.threads)
+        try:
+            with bar(sum(map(len, seqs)), "capture Q/K/V", unit="tok") as pb:
+                stats = cap.run(seqs, progress=pb.update)
+        finally:
+            cap.close()
+    finally:
+        model.close()
+
+    with tempfile.TemporaryDirectory(prefix="tq-calib-") as wd:
+        ev = Evaluator(model_path, val_text, st.ctx, st.val_chunks, st.threads, Path(wd))
+        ev.sweep_chunks = st.sweep_chunks
+        caches = [Cache(t, t) for t in st.types]
+        primary = caches[0].name
+        with bar(len(st.kinds) + 1, "fit + validate", unit="run") as pb:
+            default = ev.run(None, caches)
+            pb.update(1)
+            trials = []
+            for kk, vk in st.kinds:
+                layers = fitmod.fit(stats, info["n_layer"], kk, vk)
+                cal = Calibration(info["arch"], info["n_layer"], layers,
+                                  codebooks={t: list(CODEBOOKS[t]) for t in ("turbo3", "turbo2")})
+                trials.append(((kk, vk), cal, ev.run(cal, caches)))
+                pb.update(1)
+        table = {"default": {c: round(r["kld"], 6) for c, r in default.items()}}
+        for (kk, vk), _, res in trials:
+            table[f"{kk}/{vk}"] = {c: round(r["kld"], 6) for c, r in res.items()}
+        for name, row in table.items():
+            _log(f"  {name:14s} " + "  ".join(f"{c} KLD {v:.5f}" for c, v in row.items()))
+        (kk, vk), best, res = min(trials, key=lambda t: t[2][primary]["kld"])
+        if res[primary]["kld"] >= default[primary]["kld"]:
+            raise CalibError(f"no calibration beat the uncalibrated default on held-out text "
+                             f"({primary} KLD {res[primary]['kld']:.5f} vs default {default[primary]['kld']:.5f}); "
+                             "nothing written. Try more --tokens or your own --text.")
+        policy_info = {}
+        if st.budget_bpv is not None:
+            layer_vals = {il: lt.k_off.size for il, lt in enumerate(best.layers) if lt is not None}
+            for c in caches:
+                pol, pinfo = _policy_sweep(ev, best, c.k, st.budget_bpv, layer_vals)
+                if pol is not None:
+                    trial = Calibration(best.arch, best.n_layer, best.layers, {c.k: pol}, best.codebooks)
+                    got = ev.run(trial, [c])[c.name]
+                    pinfo["kld"] = round(got["kld"], 6)
+                    if got["kld"] < res[c.name]["kld"]:
+                        best.policy[c.k] = pol
+                        pinfo["kept"] = True
+                    else:
+                        pinfo["kept"] = False
+                        pinfo["reason"] = "the policy did not measure better than the uniform type"
+                policy_info[c.k] = pinfo
+                _log(f"  policy {c.k}: " + json.dumps({k: v for k, v in pinfo.items() if k != 'sweep_gain'}))
+            best.budget_bpv = st.budget_bpv
+
+    best.info = {"tq_gguf": __import__("tq_gguf").__version__, "k_transform": kk, "v_transform": vk,
+                 "source": source, "tokens": int(sum(map(len, seqs))), "ctx": st.ctx,
+                 "model_sha256": _sha256(model_path), "seconds": round(time.time() - t0, 1)}
+    best.validation = {"heldout": str(st.heldout) if st.heldout else "generated", "ctx": st.ctx,
+                       "chunks": st.val_chunks, "kld": table, "chosen": f"{kk}/{vk}",
+                       "ppl_ratio": {c: round(r["ppl_ratio"], 5) for c, r in res.items()},
+                       "policy": policy_info}
+    size = model_path.stat().st_size
+    with bar(size, f"write {out.name}", unit="B") as pb:
+        write_model(model_path, out, best, progress=pb.update)
+    _log(f"wrote {out} ({kk}/{vk}; {primary} KLD {res[primary]['kld']:.5f} vs default "
+         f"{default[primary]['kld']:.5f}) in {time.time() - t0:.0f} s")
+    return best

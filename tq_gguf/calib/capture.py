@@ -1,0 +1,166 @@
+"""Q, K and V statistics captured from the patched runtime itself.
+
+The runtime names attention's inputs ``tq_q-<il>``, ``tq_k-<il>``, ``tq_v-<il>``
+(patch 0007) just before the transforms: post-RoPE, post-norm, in llama.cpp's
+channel order and head layout. An eval callback copies those tensors out of each
+ubatch and accumulates, per layer and KV head, the first and second moments the
+fit needs (float64). The Q heads that share a KV head are pooled onto it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import runtime
+
+
+_NAME = re.compile(r"tq_([qkv])-(\d+)$")
+
+
+class _Tensor(ctypes.Structure):  # the leading fields of struct ggml_tensor (ggml.h)
+    _fields_ = [("type", ctypes.c_int), ("buffer", ctypes.c_void_p),
+                ("ne", ctypes.c_int64 * 4), ("nb", ctypes.c_size_t * 4)]
+
+
+def _ggml_base():
+    import llama_cpp
+    d = os.environ.get("LLAMA_CPP_LIB_PATH") or str(Path(llama_cpp.__file__).parent / "lib")
+    lib = ctypes.CDLL(str(Path(d) / "libggml-base.so"), mode=ctypes.RTLD_GLOBAL)
+    lib.ggml_get_name.restype = ctypes.c_char_p
+    lib.ggml_get_name.argtypes = [ctypes.c_void_p]
+    lib.ggml_nbytes.restype = ctypes.c_size_t
+    lib.ggml_nbytes.argtypes = [ctypes.c_void_p]
+    lib.ggml_backend_tensor_get.restype = None
+    lib.ggml_backend_tensor_get.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]
+    return lib
+
+
+@dataclass
+class LayerStats:
+    """Sums over captured tokens, per KV head h: s1 = sum x, s2 = sum x x^T."""
+    n_head_kv: int
+    d_k: int
+    d_v: int
+    n_k: int = 0
+    n_q: int = 0
+    k1: np.ndarray = field(default=None)
+    k2: np.ndarray = field(default=None)
+    q2: np.ndarray = field(default=None)
+    v1: np.ndarray = field(default=None)
+    v2: np.ndarray = field(default=None)
+
+    def __post_init__(self):
+        h, dk, dv = self.n_head_kv, self.d_k, self.d_v
+        self.k1, self.k2 = np.zeros((h, dk)), np.zeros((h, dk, dk))
+        self.q2 = np.zeros((h, dk, dk))
+        self.v1, self.v2 = np.zeros((h, dv)), np.zeros((h, dv, dv))
+
+    # moments
+    def k_mean(self): return self.k1 / self.n_k
+    def k_cov(self): m = self.k_mean(); return self.k2 / self.n_k - m[:, :, None] * m[:, None, :]
+    def q_second(self): return self.q2 / self.n_q
+    def v_mean(self): return self.v1 / self.n_k
+    def v_cov(self): m = self.v_mean(); return self.v2 / self.n_k - m[:, :, None] * m[:, None, :]
+
+
+class Capture:
+    """Decode token sequences through an f16 cache and accumulate Q/K/V moments.
+
+    ``skip`` leading positions of every sequence are decoded but not counted
+    (position 0, the attention sink, is an outlier that most heads attend to).
+    """
+
+    def __init__(self, model: runtime.Model, n_ctx: int, threads: int = 2, n_batch: int = 512, skip: int = 1):
+        self.model = model
+        self.skip = skip
+        self.layers: dict[int, LayerStats] = {}
+        self._keep = np.ones(0, bool)
+        self._lib = _ggml_base()
+        import llama_cpp
+        self._cb = llama_cpp.ggml_backend_sched_eval_callback(self._on_eval)
+        self.error: BaseException | None = None
+        self.session = runtime.Session(model, n_ctx=n_ctx, type_k="f16", type_v="f16", flash_attn=True,
+                                       n_threads=threads, n_batch=n_batch, cb_eval=self._cb)
+
+    def _read(self, t) -> np.ndarray:
+        """A float32 copy of the tensor as [tokens, heads, d] (whatever its strides)."""
+        s = _Tensor.from_address(t)
+        if s.type != 0:
+            raise RuntimeError(f"captured tensor has ggml type {s.type}, expected f32")
+        nbytes = self._lib.ggml_nbytes(t)
+        raw = np.empty(nbytes, np.uint8)
+        self._lib.ggml_backend_tensor_get(t, raw.ctypes.data, 0, nbytes)
+        ne, nb = list(s.ne), list(s.nb)
+        shape = (ne[3] * ne[2], ne[1], ne[0]) if ne[3] == 1 or nb[3] == nb[2] * ne[2] else None
+        if shape is None:
+            raise RuntimeError("captured tensor has an unexpected 4-D layout")
+        arr = np.lib.stride_tricks.as_strided(raw.view(np.float32) if nb[0] == 4 else raw, shape=shape,
+                                              strides=(nb[2], nb[1], nb[0]))
+        return np.array(arr, dtype=np.float64)
+
+    def _on_eval(self, t, ask, _user):
+        try:
+            m = _NAME.match(self._lib.ggml_get_name(t).decode())
+            if not m:
+                return not ask
+            if ask:
+                return True
+            kind, il = m.group(1), int(m.group(2))
+            x = self._read(t)[self._keep]  # [tokens, heads, d]
+            if kind == "k":
+                st = self._stats(il, x.shape[1], x.shape[2], None)
+                st.n_k += x.shape[0]
+                st.k1 += x.sum(0)
+                st.k2 += np.einsum("thi,thj->hij", x, x)
+            elif kind == "v":
+                st = self._stats(il, x.shape[1], None, x.shape[2])
+                st.v1 += x.sum(0)
+                st.v2 += np.einsum("thi,thj->hij", x, x)
+            elif kind == "q":
+                st = self.layers.get(il)
+                if st is None:  # Q comes first in the graph: sizes from the model
+                    return True
+                g = x.shape[1] // st.n_head_kv
+                xq = x.reshape(x.shape[0], st.n_head_kv, g, x.shape[2])
+                st.n_q += x.shape[0] * g
+                st.q2 += np.einsum("thgi,thgj->hij", xq, xq)
+        except BaseException as e:  # never raise through C
+            self.error = self.error or e
+        return True
+
+    def _stats(self, il, h, d_k, d_v) -> LayerStats:
+        st = self.layers.get(il)
+        if st is None:
+            st = self.layers[il] = LayerStats(h, d_k or d_v, d_v or d_k)
+        return st
+
+    def run(self, seqs: list[list[int]], progress=None) -> dict[int, LayerStats]:
+        s = self.session
+        # Q of a layer reaches the callback before its K, which gives the layer's sizes:
+        # a first decode that counts nothing creates every layer's (empty) sums
+        if not self.layers and seqs:
+            self._keep = np.zeros(min(len(seqs[0]), s.n_batch), bool)
+            s.clear()
+            s.eval(seqs[0][:s.n_batch], 0, outputs=np.zeros(len(self._keep), bool))
+        for toks in seqs:
+            s.clear()
+            for p in range(0, len(toks), s.n_batch):
+                chunk = toks[p:p + s.n_batch]
+                self._keep = np.arange(p, p + len(chunk)) >= self.skip
+                s.eval(chunk, p, outputs=np.zeros(len(chunk), bool))
+                if self.error:
+                    raise RuntimeError(f"capture failed: {self.error}") from self.error
+            if progress:
+                progress(len(toks))
+        if not self.layers:
+            raise RuntimeError("the runtime reported no tq_q/tq_k/tq_v tensors: is the build older than patch 0007?")
+        return self.layers
+
+    def close(self):
+        self.session.close()

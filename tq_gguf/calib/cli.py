@@ -1,0 +1,108 @@
+"""`tq-gguf calibrate` and `tq-gguf inspect`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from ..errors import UsageError
+
+
+def _calibrate(a) -> int:
+    from .. import bindings
+    bindings.load_first()
+    from .calibrate import Settings, run
+    from .schema import CalibError
+    types = tuple(t.strip() for t in a.types.split(",") if t.strip())
+    st = Settings(text=a.text, tokens=a.tokens, types=types, budget_bpv=a.budget_bpv, heldout=a.heldout,
+                  ctx=a.ctx, val_chunks=a.val_chunks, threads=a.threads, seed=a.seed)
+    if a.tokens < a.ctx:
+        raise UsageError(f"--tokens {a.tokens} is less than one sequence (--ctx {a.ctx})")
+    try:
+        run(a.model, a.output, st)
+    except CalibError as e:
+        raise UsageError(str(e)) from None
+    return 0
+
+
+def describe(path: Path) -> str:
+    """What calibration a GGUF carries, as text."""
+    import json
+    from .schema import CalibError, read
+    try:
+        cal = read(path)
+    except CalibError as e:
+        raise UsageError(f"{path}: {e}") from None
+    except Exception as e:
+        raise UsageError(f"{path}: not a readable GGUF file ({e})") from None
+    if cal is None:
+        return f"{path}: no turbo calibration (the turbo types use the default randomized Hadamard)"
+    lines = [f"{path}: turbo calibration v1 for {cal.arch}, {cal.n_layer} layers"]
+    lt = next((x for x in cal.layers if x is not None), None)
+    n_cal = sum(x is not None for x in cal.layers)
+    if lt is not None:
+        lines.append(f"  transforms: {n_cal} layers, {lt.k_fwd.shape[0]} KV heads, head {lt.k_fwd.shape[1]}/{lt.v_fwd.shape[1]}; "
+                     f"K {cal.info.get('k_transform', '?')}, V {cal.info.get('v_transform', '?')}")
+    if cal.codebooks:
+        lines.append(f"  codebooks: {', '.join(sorted(cal.codebooks))} (pinned)")
+    lines.append(f"  budget: {cal.budget_bpv} bits/value" if cal.budget_bpv is not None else "  budget: none")
+    if cal.policy:
+        from ..bench.caches import BITS_PER_VALUE
+        for typ, kv in sorted(cal.policy.items()):
+            ks, vs = kv.get("k", []), kv.get("v", [])
+            bpv = (sum(BITS_PER_VALUE[t] for t in ks) + sum(BITS_PER_VALUE[t] for t in vs)) / max(1, len(ks) + len(vs))
+            other = [f"{s}{i}:{t}" for s, lst in (("k", ks), ("v", vs)) for i, t in enumerate(lst) if t != typ]
+            lines.append(f"  policy {typ}: {bpv:.3f} bits/value (equal head sizes); "
+                         f"{', '.join(other) if other else f'all layers {typ}'}")
+    else:
+        lines.append("  policy: none (every layer gets the requested type)")
+    if cal.info:
+        src = cal.info.get("source", {})
+        lines.append(f"  calibrated on: {src.get('text', '?')}, {cal.info.get('tokens', '?')} tokens, "
+                     f"ctx {cal.info.get('ctx', '?')}, tq-gguf {cal.info.get('tq_gguf', '?')}")
+    v = cal.validation
+    if v:
+        lines.append(f"  validation ({v.get('heldout')}, ctx {v.get('ctx')}, {v.get('chunks')} chunks), KLD vs f16:")
+        for name, row in v.get("kld", {}).items():
+            mark = "  <- chosen" if name == v.get("chosen") else ""
+            lines.append(f"    {name:14s} " + "  ".join(f"{c} {x:.5f}" for c, x in row.items()) + mark)
+        for typ, p in v.get("policy", {}).items():
+            lines.append(f"    policy {typ}: " + json.dumps({k: x for k, x in p.items() if k != 'sweep_gain'}))
+    return "\n".join(lines)
+
+
+def _inspect(a) -> int:
+    for p in a.models:
+        if not p.is_file():
+            raise UsageError(f"{p}: no such file")
+        print(describe(p))
+    return 0
+
+
+def add_parsers(sub) -> None:
+    c = sub.add_parser("calibrate", help="fit the turbo cache calibration and write it into a copy of the GGUF",
+                       description="Capture Q/K/V through the patched runtime, fit per-layer transforms, "
+                                   "validate on held-out text (KLD vs an f16 cache) and write MODEL's copy "
+                                   "with turbo.* metadata. Refuses to write a calibration that is worse "
+                                   "than the uncalibrated default.")
+    c.add_argument("model", type=Path)
+    c.add_argument("-o", "--output", type=Path, required=True)
+    c.add_argument("--text", type=Path, default=None,
+                   help="calibration text (default: text the model generates itself)")
+    c.add_argument("--heldout", type=Path, default=None,
+                   help="validation text (default: generated from other prompts)")
+    c.add_argument("--tokens", type=int, default=4096, help="calibration tokens (default 4096)")
+    c.add_argument("--types", default="turbo3,turbo2", help="turbo types to validate; the first decides")
+    c.add_argument("--budget-bpv", type=float, default=None,
+                   help="choose a per-layer type policy within this many bits per value (e.g. 3.5)")
+    c.add_argument("--ctx", type=int, default=512, help="sequence length for capture and validation")
+    c.add_argument("--val-chunks", type=int, default=4)
+    c.add_argument("--seed", type=int, default=1234)
+    c.add_argument("-t", "--threads", type=int, default=os.cpu_count() or 2)
+    c.set_defaults(func=_calibrate)
+
+    i = sub.add_parser("inspect", help="show the turbo calibration a GGUF carries")
+    i.add_argument("models", type=Path, nargs="+")
+    i.set_defaults(func=_inspect)

@@ -89,11 +89,12 @@ def build(args, caches) -> None:
     subprocess.run(cmd, check=True, cwd=ROOT)
 
 
-def bench(model: Path, k: str, v: str, args) -> list[dict]:
+def bench(model: Path, k: str, v: str, args, env: dict | None = None) -> list[dict]:
     from tq_gguf.bench.caches import Cache
     from tq_gguf.bench.llamabench import run_llama_bench
     t0 = time.time()
-    rows = run_llama_bench(model, [Cache(k, v)], [int(d) for d in args.depths.split(",")], args.prompt, args.gen,
+    c = Cache(k, v, env=tuple((env or {}).items()))
+    rows = run_llama_bench(model, [c], [int(d) for d in args.depths.split(",")], args.prompt, args.gen,
                            args.reps, os.cpu_count() or 4, 99, timeout=3600)
     print(f"  {k}/{v}: {len(rows)} results in {time.time() - t0:.0f} s", flush=True)
     return rows
@@ -113,6 +114,9 @@ def main() -> int:
     ap.add_argument("--no-build", action="store_true", help="use the active build as it is")
     ap.add_argument("--model", type=Path, help="the synthetic GGUF to use (written there if missing)")
     ap.add_argument("--allow-cpu", action="store_true", help="run on a CPU build too (tests of this script)")
+    ap.add_argument("--calibrated", action="store_true",
+                    help="also time every turbo cache with a calibration (per-layer transforms in the graph; "
+                         "rows 'K/V+cal')")
     ap.add_argument("-o", "--out", default=str(ROOT / "docs" / "results" / "gpu-speed"))
     args = ap.parse_args()
 
@@ -150,6 +154,16 @@ def main() -> int:
     for k, v in caches:
         for row in bench(model, k, v, args):
             results[(f"{k}/{v}", row["test"], row["depth"])] = (row["tok_s"], row["tok_s_sd"])
+    if args.calibrated:
+        # speed depends on shapes only: the default rotation written as a calibration
+        from tq_gguf.calib import fit, schema
+        side = model.with_suffix(".calib.gguf")
+        schema.write_sidecar(side, schema.Calibration("llama", shp.n_layer, fit.default_layers(
+            shp.n_layer, shp.n_head_kv, shp.head_dim)))
+        for k, v in [c for c in caches if "turbo" in c[0] or "turbo" in c[1]]:
+            for row in bench(model, k, v, args, env={"LLAMA_TURBO_CALIB": str(side)}):
+                results[(f"{k}/{v}+cal", row["test"], row["depth"])] = (row["tok_s"], row["tok_s_sd"])
+            caches.append([k, v + "+cal"])
 
     depths = [int(d) for d in args.depths.split(",")]
     tests = [f"pp{args.prompt}", f"tg{args.gen}"]
@@ -170,7 +184,7 @@ def main() -> int:
                 ts, sd = results.get((key, test, d), (float("nan"), float("nan")))
                 r16 = ts / base_f16[0] if base_f16 else float("nan")
                 r8 = ts / base_q8[0] if base_q8 else float("nan")
-                bits = (BPV[k] + BPV[v]) / 2
+                bits = (BPV[k] + BPV[v.removesuffix("+cal")]) / 2
                 lines.append(f"| {key} | {bits:g} | {test} | {d} | {ts:.1f} ± {sd:.1f} | {r16:.2f} | {r8:.2f} |")
                 out_rows.append({"cache": key, "bits": bits, "test": test, "depth": d, "ts": ts, "sd": sd,
                                  "vs_f16": r16, "vs_q8_0": r8})
@@ -183,7 +197,7 @@ def main() -> int:
     for k, v in caches:
         key = f"{k}/{v}"
         ts = results.get((key, f"tg{args.gen}", dmax), (float("nan"),))[0]
-        nbytes = f16_bytes * (BPV[k] + BPV[v]) / 2 / 16
+        nbytes = f16_bytes * (BPV[k] + BPV[v.removesuffix("+cal")]) / 2 / 16
         lines.append(f"| {key} | {nbytes / 2**20:.0f} | {ts:.1f} | {nbytes * ts / 1e9:.0f} |")
     md = "\n".join(lines) + "\n"
     print("\n" + md)

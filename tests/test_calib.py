@@ -378,7 +378,7 @@ def test_calibrate_refuses_a_calibration_worse_than_default(built, tiny_model, t
     from tq_gguf.calib import calibrate
     real_fit = fitmod.fit
 
-    def bad_fit(stats, n_layer, k_kind, v_kind, offsets=True):
+    def bad_fit(stats, n_layer, k_kind, v_kind, **kw):
         layers = real_fit(stats, n_layer, "rotate", "rotate")
         for lt in layers:  # a badly conditioned K transform: most of the key lands in one coordinate
             a = lt.k_fwd @ np.diag(np.r_[1e3, np.ones(lt.k_fwd.shape[-1] - 1)])
@@ -388,7 +388,7 @@ def test_calibrate_refuses_a_calibration_worse_than_default(built, tiny_model, t
     monkeypatch.setattr(fitmod, "fit", bad_fit)
     out = tmp_path / "out.gguf"
     st = calibrate.Settings(text=tiny_text, heldout=tiny_text, tokens=512, ctx=256, val_chunks=2,
-                            types=("turbo3",), kinds=(("scale", "mean"),))
+                            types=("turbo3",), kinds=(calibrate.Candidate("scale", "mean"),))
     with pytest.raises(CalibError, match="no calibration beat the uncalibrated default"):
         calibrate.run(tiny_model, out, st)
     assert not out.exists() and not list(tmp_path.glob(".out.gguf.*"))
@@ -408,3 +408,26 @@ def test_calibrate_errors_are_clear(built, tiny_model, tmp_path, args, msg):
     r = subprocess.run([sys.executable, "-m", "tq_gguf", *argv], capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and msg in r.stderr, r.stderr[-2000:]
     assert "Traceback" not in r.stderr
+
+
+def test_transforms_exact_one_token_at_a_time(built, f32_model, tiny_text, tmp_path):
+    """Decode (one token per batch) takes the copy-free path of the per-head matmuls; zero means
+    are skipped: both must stay exact."""
+    rng = np.random.default_rng(5)
+    layers = [random_transform(rng) for _ in range(2)]
+    layers[1].v_mean[:] = 0.0  # layer 1: no value mean
+    side = write_sidecar(tmp_path / "cal.gguf", Calibration("llama", 2, layers))
+    m = load(f32_model, side)
+    try:
+        t = _tokens(m, tiny_text)[:40]
+        out = {}
+        for force in (False, True):
+            with runtime.environ({"LLAMA_TURBO_CALIB_FORCE": "1" if force else "0"}):
+                s = runtime.Session(m, n_ctx=256, type_k="f32", type_v="f32", flash_attn=False)
+            s.decode(t[:20], 0)
+            out[force] = np.stack([s.decode([tok], 20 + i) for i, tok in enumerate(t[20:])])
+            s.close()
+        err = np.abs(out[True] - out[False]).max() / np.abs(out[False]).max()
+        assert err < 1e-5, err
+    finally:
+        m.close()

@@ -18,7 +18,8 @@ def run_llama_bench(model: Path, caches: list[Cache], depths: list[int], prompt:
                 "-d", ",".join(map(str, depths)), "-r", str(reps), "-t", str(threads),
                 "-ngl", str(n_gpu_layers), "-o", "json"]
         try:
-            r = tools.run_tool("llama-bench", *args, timeout=timeout)
+            env = {**__import__("os").environ, **dict(c.env)} if c.env else None
+            r = tools.run_tool("llama-bench", *args, timeout=timeout, env=env)
         except subprocess.TimeoutExpired:
             raise RuntimeError(f"llama-bench {c.name} ran past {timeout:.0f} s") from None
         if r.returncode != 0:

@@ -45,22 +45,40 @@ PROMPTS = (
     "A recipe for a simple dinner:", "The weather report for the coming week", "Chapter 1\n\n",
     "How does a computer store numbers?", "The committee met on Tuesday to discuss", "def parse_config(path):\n",
 )
-CANDIDATES = (("mean", "mean"), ("scale", "mean"), ("whiten", "mean"))
+@dataclass(frozen=True)
+class Candidate:
+    k: str                # fit.K_KINDS
+    v: str                # fit.V_KINDS
+    alpha: float = 0.25   # exponent of the `scale` kind
+    sink: bool = True     # make position 0's K/V exactly representable
+
+    @property
+    def name(self) -> str:
+        k = f"{self.k}{self.alpha:g}" if self.k in ("scale", "whiten") else self.k
+        return f"{k}/{self.v}" + ("+sink" if self.sink else "")
+
+
+# measured on SmolLM2 and Gemma-3 (docs/calibration.md): half-way balancing (alpha 1/8)
+# beat the full balance (1/4); the last candidate shows what the sink alignment adds
+CANDIDATES = (Candidate("whiten", "rotate", 0.125), Candidate("whiten", "rotate", 0.1875),
+              Candidate("whiten", "rotate", 0.25), Candidate("scale", "rotate", 0.125),
+              Candidate("whiten", "mean", 0.125),
+              Candidate("whiten", "rotate", 0.125, sink=False))
 
 
 @dataclass
 class Settings:
     text: Path | None = None          # calibration text (default: generated)
-    tokens: int = 4096                # calibration tokens
+    tokens: int = 8192                # calibration tokens
     types: tuple[str, ...] = ("turbo3", "turbo2")
     budget_bpv: float | None = None   # per-layer policy budget
     heldout: Path | None = None       # validation text (default: generated with other prompts)
-    ctx: int = 512                    # capture sequence length and validation context
+    ctx: int = 1024                   # capture window and validation context
     val_chunks: int = 4
     sweep_chunks: int = 2
     threads: int = os.cpu_count() or 2
     seed: int = 1234
-    kinds: tuple[tuple[str, str], ...] = CANDIDATES
+    kinds: tuple[Candidate, ...] = CANDIDATES
 
 
 def _log(msg: str) -> None:
@@ -107,47 +125,56 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def generate(model: runtime.Model, n_tokens: int, seq_len: int, prompts, seed: int, threads: int,
-             desc: str) -> list[list[int]]:
-    """Sequences the model writes itself (temperature 0.8, top-k 40), seq_len tokens each."""
+GEN_LEN = 512  # tokens the model writes per prompt
+
+
+def generate(model: runtime.Model, n_tokens: int, prompts, seed: int, threads: int, desc: str) -> list[int]:
+    """A token stream the model writes itself (temperature 0.8, top-k 40), GEN_LEN tokens per prompt."""
     rng = np.random.default_rng(seed)
-    n_seq = max(1, -(-n_tokens // seq_len))
-    seqs = []
-    s = runtime.Session(model, n_ctx=seq_len, n_threads=threads, n_batch=min(512, seq_len))
+    stream: list[int] = []
+    nl = model.tokenize("\n", add_bos=False)[-1]
+    s = runtime.Session(model, n_ctx=GEN_LEN, n_threads=threads, n_batch=GEN_LEN)
     try:
-        with bar(n_seq * seq_len, desc, unit="tok") as pb:
-            for i in range(n_seq):
-                toks = model.tokenize(prompts[i % len(prompts)], add_bos=True)[:seq_len // 4]
+        with bar(n_tokens, desc, unit="tok") as pb:
+            i = 0
+            while len(stream) < n_tokens:
+                toks = model.tokenize(prompts[i % len(prompts)], add_bos=True)[:GEN_LEN // 4]
+                i += 1
                 s.clear()
                 logits = s.decode(toks, 0)
-                pb.update(len(toks))
-                while len(toks) < seq_len:
+                n0 = len(toks)
+                while len(toks) < GEN_LEN and len(stream) + len(toks) - n0 < n_tokens:
                     z = logits.astype(np.float64) / 0.8
                     top = np.argpartition(z, -40)[-40:]
                     p = np.exp(z[top] - z[top].max())
                     t = int(top[rng.choice(len(top), p=p / p.sum())])
-                    if model.is_eog(t):  # keep writing: restart from a prompt-less newline
-                        t = model.tokenize("\n", add_bos=False)[-1]
+                    if model.is_eog(t):  # keep writing: a newline instead of the end
+                        t = nl
                     toks.append(t)
                     logits = s.decode([t], len(toks) - 1)
                     pb.update(1)
-                seqs.append(toks)
+                stream += [t for t in toks if t != model.bos] + [nl]
     finally:
         s.close()
-    return seqs
+    return stream
 
 
-def _text_seqs(model: runtime.Model, path: Path, n_tokens: int, seq_len: int) -> list[list[int]]:
-    toks = model.tokenize(path.read_text(errors="replace"), add_bos=False)
-    if len(toks) < seq_len:
-        raise CalibError(f"{path}: {len(toks)} tokens; at least {seq_len} are needed")
-    n = min(len(toks) // (seq_len - 1), max(1, n_tokens // seq_len))
-    bos = [model.bos] if model.add_bos else []
-    return [bos + toks[i * (seq_len - len(bos)):(i + 1) * (seq_len - len(bos))] for i in range(n)]
+def windows(model: runtime.Model, stream: list[int], n_tokens: int, ctx: int, what: str) -> list[list[int]]:
+    """Windows of ctx tokens read as llama-perplexity reads text: position 0 is BOS when the
+    model adds one, otherwise whatever token falls there (the attention sink either way)."""
+    if len(stream) < 2 * ctx:
+        raise CalibError(f"{what}: {len(stream)} tokens; at least {2 * ctx} are needed for --ctx {ctx}")
+    out = []
+    for i in range(min(len(stream) // ctx, max(2, n_tokens // ctx))):
+        w = list(stream[i * ctx:(i + 1) * ctx])
+        if model.add_bos:
+            w[0] = model.bos
+        out.append(w)
+    return out
 
 
-def _detok(model: runtime.Model, seqs: list[list[int]]) -> str:
-    return "\n".join("".join(model.piece(t) for t in s if t != model.bos) for s in seqs)
+def _detok(model: runtime.Model, stream: list[int]) -> str:
+    return "".join(model.piece(t) for t in stream)
 
 
 class Evaluator:
@@ -171,44 +198,70 @@ class Evaluator:
         return {r["cache"]: r for r in doc["results"]}
 
 
+# the types a layer may take, per requested type and side: every K/V pair they make is in
+# the CUDA build's default FlashAttention list (patches/0006), so no layer falls back to the CPU
+POLICY_OPTIONS = {
+    "turbo3": {"k": ("turbo3", "q8_0"), "v": ("turbo3", "turbo2")},
+    "turbo2": {"k": ("turbo2", "turbo3", "q8_0"), "v": ("turbo2",)},
+}
+
+
 def _policy_sweep(ev: Evaluator, calib: Calibration, typ: str, budget: float,
                   layer_vals: dict[int, int]) -> tuple[dict[str, list[str]] | None, dict]:
-    """Greedy per-layer q8_0 upgrades under ``budget`` bits per value; None when none helps."""
-    up = "q8_0"
-    cost_bits = BITS_PER_VALUE[up] - BITS_PER_VALUE[typ]
+    """A per-layer K/V type policy for requests of ``typ`` within ``budget`` bits per value.
+
+    Measures, one context each (LLAMA_TURBO_POLICY), the KLD change of giving one
+    layer's K or V each other option, paired against the uniform type on the same
+    tokens; then every layer side independently takes the option minimising
+    dKLD + lambda * bits, with lambda the smallest that fits the budget.
+    None when no mix beats the uniform type's bits within the budget.
+    """
+    opts = POLICY_OPTIONS[typ]
     total = 2 * sum(layer_vals.values())
-    room = (budget - BITS_PER_VALUE[typ]) * total
-    if room < cost_bits * min(layer_vals.values()):
-        return None, {"reason": f"budget {budget} leaves no room for one {up} layer"}
-    items = [(side, il) for il in sorted(layer_vals) for side in ("k", "v")]
-    # contexts per model load: each holds n_vocab x n_batch logits
+    items = [(side, il, o) for il in sorted(layer_vals) for side in ("k", "v") for o in opts[side] if o != typ]
     group = 8
-    gains: dict[tuple[str, int], float] = {}
-    with bar(len(items), f"policy {typ}: sensitivity", unit="layer") as pb:
+    delta: dict[tuple[str, int, str], float] = {}
+    with bar(len(items), f"policy {typ}: sensitivity", unit="ctx") as pb:
         for g0 in range(0, len(items), group):
             part = items[g0:g0 + group]
-            # the uniform type in every group: gains are paired differences on the same tokens
+            # the uniform type in every group: changes are paired differences on the same tokens
             base = Cache(typ, typ, label="uniform", env=(("LLAMA_TURBO_POLICY", "off"),))
-            caches = [Cache(typ, typ, label=f"{s}{il}", env=(("LLAMA_TURBO_POLICY", f"{s}{il}={up}"),)) for s, il in part]
+            caches = [Cache(typ, typ, label=f"{s}{il}={o}", env=(("LLAMA_TURBO_POLICY", f"{s}{il}={o}"),))
+                      for s, il, o in part]
             res = ev.run(calib, [base, *caches], chunks=ev.sweep_chunks)
-            for (s, il), c in zip(part, caches):
-                gains[(s, il)] = res["uniform"]["kld"] - res[c.name]["kld"]
+            for key, c in zip(part, caches):
+                delta[key] = res[c.name]["kld"] - res["uniform"]["kld"]
             pb.update(len(part))
-    chosen, used = [], 0.0
-    for key in sorted(gains, key=lambda k: -gains[k] / layer_vals[k[1]]):
-        c = cost_bits * layer_vals[key[1]]
-        if gains[key] > 0 and used + c <= room:
-            chosen.append(key)
-            used += c
-    if not chosen:
-        return None, {"reason": "no layer's upgrade measured a gain"}
+
+    def choose(lam: float) -> tuple[dict[tuple[str, int], str], float]:
+        pick, bits = {}, 0.0
+        for il, n in layer_vals.items():
+            for side in ("k", "v"):
+                cost = {o: (delta[(side, il, o)] if o != typ else 0.0) + lam * BITS_PER_VALUE[o] * n
+                        for o in opts[side]}
+                o = min(cost, key=cost.get)
+                pick[(side, il)] = o
+                bits += BITS_PER_VALUE[o] * n
+        return pick, bits / total
+
+    lo, hi = 0.0, 1.0
+    while choose(hi)[1] > budget and hi < 1e6:
+        hi *= 2
+    if choose(hi)[1] > budget:
+        return None, {"reason": f"no mix fits {budget} bits per value"}
+    for _ in range(50):  # smallest lambda within budget: the most quality the bits buy
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if choose(mid)[1] <= budget else (mid, hi)
+    pick, bpv = choose(hi)
+    if all(o == typ for o in pick.values()):
+        return None, {"reason": "no layer's change measured a gain within the budget"}
     n_layer = calib.n_layer
     pol = {"k": [typ] * n_layer, "v": [typ] * n_layer}
-    for s, il in chosen:
-        pol[s][il] = up
-    bpv = BITS_PER_VALUE[typ] + used / total
-    return pol, {"upgrades": [f"{s}{il}" for s, il in chosen], "bpv": round(bpv, 4),
-                 "sweep_gain": {f"{s}{il}": round(g, 6) for (s, il), g in gains.items()}}
+    for (side, il), o in pick.items():
+        pol[side][il] = o
+    changes = {f"{s}{il}": o for (s, il), o in sorted(pick.items(), key=lambda x: (x[0][1], x[0][0])) if o != typ}
+    return pol, {"changes": changes, "bpv": round(bpv, 4),
+                 "sweep_delta": {f"{s}{il}={o}": round(d, 6) for (s, il, o), d in delta.items()}}
 
 
 def run(model_path: Path, out: Path, st: Settings) -> Calibration:
@@ -227,17 +280,17 @@ def run(model_path: Path, out: Path, st: Settings) -> Calibration:
     model = runtime.Model(model_path)
     try:
         if st.text:
-            seqs = _text_seqs(model, Path(st.text), st.tokens, st.ctx)
+            stream = model.tokenize(Path(st.text).read_text(errors="replace"), add_bos=False)
             source = {"text": str(st.text), "sha256": _sha256(Path(st.text))}
         else:
-            seqs = generate(model, st.tokens, st.ctx, PROMPTS[:6], st.seed, st.threads, "calibration text")
+            stream = generate(model, st.tokens, PROMPTS[:6], st.seed, st.threads, "calibration text")
             source = {"text": "generated", "prompts": list(PROMPTS[:6]), "seed": st.seed}
+        seqs = windows(model, stream, st.tokens, st.ctx, str(st.text or "generated text"))
         if st.heldout:
             val_text = Path(st.heldout).read_text(errors="replace")
         else:
-            need = (st.val_chunks + 1) * st.ctx
-            val_text = _detok(model, generate(model, need, st.ctx, PROMPTS[6:], st.seed + 1, st.threads,
-                                              "held-out text"))
+            val_text = _detok(model, generate(model, (st.val_chunks + 1) * st.ctx, PROMPTS[6:], st.seed + 1,
+                                              st.threads, "held-out text"))
         cap = Capture(model, n_ctx=st.ctx, threads=st.threads)
         try:
             with bar(sum(map(len, seqs)), "capture Q/K/V", unit="tok") as pb:
@@ -256,18 +309,18 @@ def run(model_path: Path, out: Path, st: Settings) -> Calibration:
             default = ev.run(None, caches)
             pb.update(1)
             trials = []
-            for kk, vk in st.kinds:
-                layers = fitmod.fit(stats, info["n_layer"], kk, vk)
+            for cand in st.kinds:
+                layers = fitmod.fit(stats, info["n_layer"], cand.k, cand.v, sink=cand.sink, alpha=cand.alpha)
                 cal = Calibration(info["arch"], info["n_layer"], layers,
                                   codebooks={t: list(CODEBOOKS[t]) for t in ("turbo3", "turbo2")})
-                trials.append(((kk, vk), cal, ev.run(cal, caches)))
+                trials.append((cand, cal, ev.run(cal, caches)))
                 pb.update(1)
         table = {"default": {c: round(r["kld"], 6) for c, r in default.items()}}
-        for (kk, vk), _, res in trials:
-            table[f"{kk}/{vk}"] = {c: round(r["kld"], 6) for c, r in res.items()}
+        for cand, _, res in trials:
+            table[cand.name] = {c: round(r["kld"], 6) for c, r in res.items()}
         for name, row in table.items():
-            _log(f"  {name:14s} " + "  ".join(f"{c} KLD {v:.5f}" for c, v in row.items()))
-        (kk, vk), best, res = min(trials, key=lambda t: t[2][primary]["kld"])
+            _log(f"  {name:24s} " + "  ".join(f"{c} KLD {v:.5f}" for c, v in row.items()))
+        chosen, best, res = min(trials, key=lambda t: t[2][primary]["kld"])
         if res[primary]["kld"] >= default[primary]["kld"]:
             raise CalibError(f"no calibration beat the uncalibrated default on held-out text "
                              f"({primary} KLD {res[primary]['kld']:.5f} vs default {default[primary]['kld']:.5f}); "
@@ -288,19 +341,20 @@ def run(model_path: Path, out: Path, st: Settings) -> Calibration:
                         pinfo["kept"] = False
                         pinfo["reason"] = "the policy did not measure better than the uniform type"
                 policy_info[c.k] = pinfo
-                _log(f"  policy {c.k}: " + json.dumps({k: v for k, v in pinfo.items() if k != 'sweep_gain'}))
+                _log(f"  policy {c.k}: " + json.dumps({k: v for k, v in pinfo.items() if k != 'sweep_delta'}))
             best.budget_bpv = st.budget_bpv
 
-    best.info = {"tq_gguf": __import__("tq_gguf").__version__, "k_transform": kk, "v_transform": vk,
+    best.info = {"tq_gguf": __import__("tq_gguf").__version__, "k_transform": chosen.k, "v_transform": chosen.v,
+                 "alpha": chosen.alpha, "sink": chosen.sink,
                  "source": source, "tokens": int(sum(map(len, seqs))), "ctx": st.ctx,
                  "model_sha256": _sha256(model_path), "seconds": round(time.time() - t0, 1)}
     best.validation = {"heldout": str(st.heldout) if st.heldout else "generated", "ctx": st.ctx,
-                       "chunks": st.val_chunks, "kld": table, "chosen": f"{kk}/{vk}",
+                       "chunks": st.val_chunks, "kld": table, "chosen": chosen.name,
                        "ppl_ratio": {c: round(r["ppl_ratio"], 5) for c, r in res.items()},
                        "policy": policy_info}
     size = model_path.stat().st_size
     with bar(size, f"write {out.name}", unit="B") as pb:
         write_model(model_path, out, best, progress=pb.update)
-    _log(f"wrote {out} ({kk}/{vk}; {primary} KLD {res[primary]['kld']:.5f} vs default "
+    _log(f"wrote {out} ({chosen.name}; {primary} KLD {res[primary]['kld']:.5f} vs default "
          f"{default[primary]['kld']:.5f}) in {time.time() - t0:.0f} s")
     return best

@@ -54,6 +54,8 @@ class LayerStats:
     q2: np.ndarray = field(default=None)
     v1: np.ndarray = field(default=None)
     v2: np.ndarray = field(default=None)
+    sink_k: list = field(default_factory=list)  # position 0's K [h, d], one per sequence
+    sink_v: list = field(default_factory=list)
 
     def __post_init__(self):
         h, dk, dv = self.n_head_kv, self.d_k, self.d_v
@@ -81,6 +83,7 @@ class Capture:
         self.skip = skip
         self.layers: dict[int, LayerStats] = {}
         self._keep = np.ones(0, bool)
+        self._first = False  # does the ubatch start at position 0?
         self._lib = _ggml_base()
         import llama_cpp
         self._cb = llama_cpp.ggml_backend_sched_eval_callback(self._on_eval)
@@ -112,7 +115,12 @@ class Capture:
             if ask:
                 return True
             kind, il = m.group(1), int(m.group(2))
-            x = self._read(t)[self._keep]  # [tokens, heads, d]
+            full = self._read(t)  # [tokens, heads, d]
+            x = full[self._keep]
+            if self._first and kind in "kv" and len(full):
+                st = self._stats(il, full.shape[1], full.shape[2] if kind == "k" else None,
+                                 full.shape[2] if kind == "v" else None)
+                (st.sink_k if kind == "k" else st.sink_v).append(full[0].copy())
             if kind == "k":
                 st = self._stats(il, x.shape[1], x.shape[2], None)
                 st.n_k += x.shape[0]
@@ -153,6 +161,7 @@ class Capture:
             for p in range(0, len(toks), s.n_batch):
                 chunk = toks[p:p + s.n_batch]
                 self._keep = np.arange(p, p + len(chunk)) >= self.skip
+                self._first = p == 0
                 s.eval(chunk, p, outputs=np.zeros(len(chunk), bool))
                 if self.error:
                     raise RuntimeError(f"capture failed: {self.error}") from self.error

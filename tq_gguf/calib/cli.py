@@ -44,7 +44,7 @@ def describe(path: Path) -> str:
     n_cal = sum(x is not None for x in cal.layers)
     if lt is not None:
         lines.append(f"  transforms: {n_cal} layers, {lt.k_fwd.shape[0]} KV heads, head {lt.k_fwd.shape[1]}/{lt.v_fwd.shape[1]}; "
-                     f"K {cal.info.get('k_transform', '?')}, V {cal.info.get('v_transform', '?')}")
+                     f"chosen {cal.validation.get('chosen', '?')}")
     if cal.codebooks:
         lines.append(f"  codebooks: {', '.join(sorted(cal.codebooks))} (pinned)")
     lines.append(f"  budget: {cal.budget_bpv} bits/value" if cal.budget_bpv is not None else "  budget: none")
@@ -69,7 +69,7 @@ def describe(path: Path) -> str:
             mark = "  <- chosen" if name == v.get("chosen") else ""
             lines.append(f"    {name:14s} " + "  ".join(f"{c} {x:.5f}" for c, x in row.items()) + mark)
         for typ, p in v.get("policy", {}).items():
-            lines.append(f"    policy {typ}: " + json.dumps({k: x for k, x in p.items() if k != 'sweep_gain'}))
+            lines.append(f"    policy {typ}: " + json.dumps({k: x for k, x in p.items() if k != 'sweep_delta'}))
     return "\n".join(lines)
 
 
@@ -93,11 +93,11 @@ def add_parsers(sub) -> None:
                    help="calibration text (default: text the model generates itself)")
     c.add_argument("--heldout", type=Path, default=None,
                    help="validation text (default: generated from other prompts)")
-    c.add_argument("--tokens", type=int, default=4096, help="calibration tokens (default 4096)")
+    c.add_argument("--tokens", type=int, default=8192, help="calibration tokens (default 8192)")
     c.add_argument("--types", default="turbo3,turbo2", help="turbo types to validate; the first decides")
     c.add_argument("--budget-bpv", type=float, default=None,
                    help="choose a per-layer type policy within this many bits per value (e.g. 3.5)")
-    c.add_argument("--ctx", type=int, default=512, help="sequence length for capture and validation")
+    c.add_argument("--ctx", type=int, default=1024, help="window length for capture and validation (default 1024)")
     c.add_argument("--val-chunks", type=int, default=4)
     c.add_argument("--seed", type=int, default=1234)
     c.add_argument("-t", "--threads", type=int, default=os.cpu_count() or 2)

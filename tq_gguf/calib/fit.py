@@ -7,9 +7,10 @@ calibration adds sits in front of R:
 K kinds (A_k, c_k)        -- Q' = A_k^-T q keeps q.k up to a per-query constant
     rotate   R, 0                         the uncalibrated default
     mean     R, E[k]                      removes the constant part of the keys
-    scale    R diag(s), E[k]              s_i = (E[q_i^2] / Var k_i)^(1/4): balances the
-                                          error a channel gets with how much queries read it
-    whiten   R G^(1/2), E[k]              G = Cov(k)^-1 # E[q q^T] (matrix geometric mean):
+    scale    R diag(s), E[k]              s_i = (E[q_i^2] / Var k_i)^alpha; alpha = 1/4 balances
+                                          the error a channel gets with how much queries read
+                                          it (smaller alpha: part of the way, often better)
+    whiten   R G^(2 alpha), E[k]          G = Cov(k)^-1 # E[q q^T] (matrix geometric mean):
                                           the full-matrix form of `scale`; it makes the
                                           transformed key covariance equal the transformed
                                           query second moment, which minimises
@@ -17,6 +18,14 @@ K kinds (A_k, c_k)        -- Q' = A_k^-T q keeps q.k up to a per-query constant
 V kinds (A_v, m_v)
     rotate   R, 0
     mean     R, E[v]                      out = R^T out' + m_v is exact (weights sum to 1)
+
+With ``sink=True`` (when position 0 holds the same key and value in every
+sequence, as it does for sequences that start with BOS: position 0 attends only
+to itself) a Householder reflection H is put between R and the rest, chosen so
+that A (k_0 - c_k) becomes a vector of equal-magnitude coordinates. Both turbo
+codebooks (and q8_0) store such a vector exactly, up to the fp16 block scale:
+the attention sink, which nearly every query reads, is then cached without
+quantization error. H is orthogonal, so other keys are rotated, not distorted.
 
 Transforms are scaled to unit geometric mean gain so an f16/q8_0 layer of a
 mixed policy stores values of the usual magnitude.
@@ -48,13 +57,57 @@ def _ridge(c: np.ndarray, rel: float) -> np.ndarray:
     return c + rel * (np.trace(c) / c.shape[0] + 1e-30) * np.eye(c.shape[0])
 
 
-def fit_layer(st: LayerStats, k_kind: str, v_kind: str, offsets: bool = True, ridge: float = 1e-3) -> LayerTransform:
+# position 0's vectors may differ a little between sequences (models without BOS start
+# with text); aligning their mean still makes the sink nearly exact. Larger spread: no sink.
+SINK_TOL = 0.5
+
+
+def sink_vector(samples: list, tol: float | None = None) -> np.ndarray | None:
+    """Position 0's mean [h, d] when it is about the same in every captured sequence (at least two), else None."""
+    tol = SINK_TOL if tol is None else tol
+    if len(samples) < 2:
+        return None
+    s = np.stack(samples)
+    m = s.mean(0)
+    if np.abs(s - m).max() > tol * max(np.abs(m).max(), 1e-30):
+        return None
+    return m
+
+
+def sink_reflection(a: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Orthogonal H with r @ H @ a a vector of equal-magnitude coordinates (signs of r @ a)."""
+    d = a.shape[0]
+    n = np.linalg.norm(a)
+    if n == 0:
+        return np.eye(d)
+    s = np.sign(r @ a)
+    s[s == 0] = 1.0
+    b = r.T @ (n * s / np.sqrt(d))
+    u = a - b
+    nu = np.linalg.norm(u)
+    if nu < 1e-12 * n:
+        return np.eye(d)
+    u /= nu
+    return np.eye(d) - 2.0 * np.outer(u, u)
+
+
+def _sink_exact(a: np.ndarray, x: np.ndarray) -> bool:
+    """Does every turbo type store a @ x exactly (to its fp16 block scale)? Checked with the reference codec."""
+    from .. import turbo
+    y = (a @ x).astype(np.float32)
+    return all(np.abs(turbo.roundtrip(y, t) - y).max() <= 2e-3 * np.abs(y).max() for t in ("turbo3", "turbo2"))
+
+
+def fit_layer(st: LayerStats, k_kind: str, v_kind: str, offsets: bool = True, ridge: float = 1e-3,
+              sink: bool = False, alpha: float = 0.25) -> LayerTransform:
     if k_kind not in K_KINDS or v_kind not in V_KINDS:
         raise ValueError(f"unknown transform kind {k_kind!r}/{v_kind!r}; K: {K_KINDS}, V: {V_KINDS}")
     if st.n_k == 0 or st.n_q == 0:
         raise ValueError("no captured tokens for this layer")
     h, dk, dv = st.n_head_kv, st.d_k, st.d_v
     rk, rv = rotation.rotation_matrix(dk), rotation.rotation_matrix(dv)
+    k0 = sink_vector(st.sink_k) if sink else None
+    v0 = sink_vector(st.sink_v) if sink else None
     a_k = np.empty((h, dk, dk))
     c_k = np.zeros((h, dk))
     kc, q2 = st.k_cov(), st.q_second()
@@ -66,22 +119,41 @@ def fit_layer(st: LayerStats, k_kind: str, v_kind: str, offsets: bool = True, ri
         elif k_kind == "scale":
             var = np.clip(np.diag(kc[j]), 1e-12, None)
             qq = np.clip(np.diag(q2[j]), 1e-12, None)
-            s = (qq / var) ** 0.25
+            s = (qq / var) ** alpha
             a = np.diag(s)
         else:  # whiten: G = P^-1 # Q = P^-1/2 (P^1/2 Q P^1/2)^1/2 P^-1/2
             p = _ridge(kc[j], ridge)
             q = _ridge(q2[j], ridge)
             ph, pmh = _sym_pow(p, 0.5), _sym_pow(p, -0.5)
             g = pmh @ _sym_pow(ph @ q @ ph, 0.5) @ pmh
-            a = _sym_pow(g, 0.5)
-        a_k[j] = rk @ _unit_gain(a)
+            a = _sym_pow(g, 2 * alpha)  # alpha = 1/4: the full balance, as for `scale`
+        a = _unit_gain(a)
         if k_kind != "rotate" and offsets:
             c_k[j] = st.k_mean()[j]
+        a_k[j] = rk @ a
+        if k0 is not None:
+            cand = rk @ sink_reflection(a @ (k0[j] - c_k[j]), rk) @ a
+            if _sink_exact(cand, k0[j] - c_k[j]):
+                a_k[j] = cand
     a_v = np.broadcast_to(rv, (h, dv, dv)).copy()
     m_v = st.v_mean() if v_kind == "mean" else np.zeros((h, dv))
+    if v0 is not None:
+        for j in range(h):
+            cand = rv @ sink_reflection(v0[j] - m_v[j], rv)
+            if _sink_exact(cand, v0[j] - m_v[j]):
+                a_v[j] = cand
     return LayerTransform.build(a_k, c_k, a_v, m_v)
 
 
 def fit(stats: dict[int, LayerStats], n_layer: int, k_kind: str, v_kind: str,
-        offsets: bool = True) -> list[LayerTransform | None]:
-    return [fit_layer(stats[il], k_kind, v_kind, offsets) if il in stats else None for il in range(n_layer)]
+        offsets: bool = True, sink: bool = False, alpha: float = 0.25) -> list[LayerTransform | None]:
+    return [fit_layer(stats[il], k_kind, v_kind, offsets, sink=sink, alpha=alpha) if il in stats else None
+            for il in range(n_layer)]
+
+
+def default_layers(n_layer: int, n_head_kv: int, d: int) -> list[LayerTransform]:
+    """The uncalibrated default written as a calibration (A = R, no offsets): for timing the
+    transforms' cost and for tests; its quality equals the default's up to rounding."""
+    r = np.broadcast_to(rotation.rotation_matrix(d), (n_head_kv, d, d)).copy()
+    z = np.zeros((n_head_kv, d))
+    return [LayerTransform.build(r, z, r, z) for _ in range(n_layer)]

@@ -1,7 +1,6 @@
 """Calibration in the GGUF: metadata round trip, load-time validation, the transform
 algebra through the real runtime, the per-layer policy, and calibrate end to end."""
 
-import json
 import subprocess
 import sys
 

@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -30,6 +29,7 @@ import numpy as np
 from .. import runtime
 from ..bench.caches import BITS_PER_VALUE, Cache
 from ..bench.progress import bar
+from ..bench.report import file_sha256 as _sha256
 from ..codebook import CODEBOOKS
 from . import fit as fitmod
 from .capture import Capture
@@ -115,14 +115,6 @@ def model_info(path: Path) -> dict:
     if get("attn_logit_softcapping") is not None:
         raise CalibError(f"{path}: attention logit soft-capping breaks the key offset; not supported")
     return {"arch": arch, "n_layer": n_layer, "d_k": d_k, "d_v": d_v}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 GEN_LEN = 512  # tokens the model writes per prompt

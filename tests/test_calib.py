@@ -9,7 +9,8 @@ import pytest
 
 from tq_gguf import rotation, runtime
 from tq_gguf.calib import fit as fitmod
-from tq_gguf.calib.schema import Calibration, CalibError, LayerTransform, read, write_model, write_sidecar
+from tq_gguf.calib.schema import (Calibration, CalibError, LayerTransform, copy_model, read, write_model,
+                                  write_sidecar)
 from tq_gguf.tinymodel import TinyShape, write_tiny_llama
 
 SHAPE = TinyShape()  # 2 layers, 4 Q heads on 2 KV heads (GQA 2), head 64
@@ -177,29 +178,7 @@ def test_malformed_calibration_fails_at_load_naming_the_key(built, tiny_model, t
         load(tiny_model, side)
     assert msg in str(e.value), str(e.value)
     # the same defect inside the model file itself
-    good = write_model(tiny_model, tmp_path / "model.gguf", Calibration("llama", 2, cal.layers))
-    import gguf
-    r = gguf.GGUFReader(str(good))
-    kv = {}
-    for f in r.fields.values():
-        if f.name.startswith("GGUF.") or f.name == "general.architecture":
-            continue
-        vt = f.types[0]
-        kv[f.name] = (f.contents(), vt, f.types[-1] if vt == gguf.GGUFValueType.ARRAY else None)
-    kv.update(_kv_edit(cal, edit))
-    for k in [k for k in kv if k.startswith("turbo.") and k not in _kv_edit(cal, edit)]:
-        kv.pop(k)
-    w = gguf.GGUFWriter(str(tmp_path / "bad-model.gguf"), "llama")
-    for key, (val, vt, sub) in kv.items():
-        w.add_key_value(key, val.tolist() if isinstance(val, np.ndarray) else val, vt, sub_type=sub)
-    for t in r.tensors:
-        w.add_tensor_info(t.name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_ti_data_to_file()
-    for t in r.tensors:
-        w.write_tensor_data(t.data)
-    w.close()
+    copy_model(tiny_model, tmp_path / "bad-model.gguf", _kv_edit(cal, edit))
     with pytest.raises(RuntimeError) as e:
         load(tmp_path / "bad-model.gguf")
     assert msg in str(e.value)

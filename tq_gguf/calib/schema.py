@@ -140,10 +140,19 @@ def write_model(src: Path, dst: Path, calib: Calibration, progress=None) -> Path
     src, dst = Path(src), Path(dst)
     if src.resolve() == dst.resolve():
         raise CalibError(f"refusing to overwrite the input model {src}; choose another -o")
-    reader = gguf.GGUFReader(str(src))
-    arch = reader.fields["general.architecture"].contents()
+    arch = gguf.GGUFReader(str(src)).fields["general.architecture"].contents()
     if arch != calib.arch:
         raise CalibError(f"the calibration is for '{calib.arch}' but {src} is '{arch}'")
+    return copy_model(src, dst, calib.kv(), progress)
+
+
+def copy_model(src: Path, dst: Path, turbo_kv: dict[str, tuple], progress=None) -> Path:
+    """Copy ``src`` to ``dst`` (atomically) with its turbo.* keys replaced by ``turbo_kv``
+    ({key: (value, gguf type, sub type)}, as Calibration.kv() gives)."""
+    import gguf
+    src, dst = Path(src), Path(dst)
+    reader = gguf.GGUFReader(str(src))
+    arch = reader.fields["general.architecture"].contents()
     tmp = _atomic_path(dst)
     try:
         w = gguf.GGUFWriter(str(tmp), arch=arch, endianess=reader.endianess)
@@ -156,7 +165,7 @@ def write_model(src: Path, dst: Path, calib: Calibration, progress=None) -> Path
             vt = f.types[0]
             sub = f.types[-1] if vt == gguf.GGUFValueType.ARRAY else None
             w.add_key_value(f.name, f.contents(), vt, sub_type=sub)
-        for key, (val, vt, sub) in calib.kv().items():
+        for key, (val, vt, sub) in turbo_kv.items():
             _add(w, key, val, vt, sub)
         for t in reader.tensors:
             w.add_tensor_info(t.name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)

@@ -409,3 +409,32 @@ def test_transforms_exact_one_token_at_a_time(built, f32_model, tiny_text, tmp_p
         assert err < 1e-5, err
     finally:
         m.close()
+
+
+def test_transforms_exact_with_one_kv_head(built, tiny_text, tmp_path):
+    """One KV head (MQA, as Gemma-3-270M): the per-head matmuls' outputs must keep row strides
+    the cache copy accepts, in batched prefill, one-token decode and the K-shift."""
+    shape = TinyShape(n_head=4, n_head_kv=1)
+    path = write_tiny_llama(tmp_path / "mqa-f32.gguf", shape, dtype=np.float32)
+    rng = np.random.default_rng(8)
+    layers = [random_transform(rng, h=1) for _ in range(shape.n_layer)]
+    side = write_sidecar(tmp_path / "cal.gguf", Calibration("llama", shape.n_layer, layers))
+    m = load(path, side)
+    try:
+        t = _tokens(m, tiny_text)
+        plain = logits(m, t, force=False)
+        forced = logits(m, t)
+        assert np.abs(forced - plain).max() / np.abs(plain).max() < 1e-5
+        with runtime.environ({"LLAMA_TURBO_CALIB_FORCE": "1"}):
+            s = runtime.Session(m, n_ctx=256, type_k="f32", type_v="f32", flash_attn=False)
+        try:
+            s.decode(t[:80], 30)
+            s.seq_add(0, 30, 110, -30)
+            steps = np.stack([s.decode([tok], 80 + i) for i, tok in enumerate(t[80:100])])
+        finally:
+            s.close()
+        err = np.abs(steps - plain[80:100]).max() / np.abs(plain).max()
+        assert err < 1e-4, err
+        assert runtime.kld(plain, logits(m, t, "turbo3", "turbo3", fa=True)) > 1e-4
+    finally:
+        m.close()

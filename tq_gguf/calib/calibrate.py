@@ -2,7 +2,8 @@
 
 1. Calibration tokens: ``text`` (user data) or, by default, text the model
    writes itself from short neutral prompts (no dataset needed).
-2. Capture Q/K/V moments through the patched runtime (capture.py).
+2. Capture Q/K/V moments through the patched runtime (capture.py), or from the
+   Hugging Face checkpoint through transformers (hfcapture.py, `convert --capture hf`).
 3. Fit each transform kind (fit.py), write each as a side-car calibration and
    measure held-out KLD against an f16 cache through the real runtime
    (LLAMA_TURBO_CALIB=side-car); the uncalibrated default is measured the same
@@ -79,6 +80,8 @@ class Settings:
     threads: int = os.cpu_count() or 2
     seed: int = 1234
     kinds: tuple[Candidate, ...] = CANDIDATES
+    hf_dir: Path | None = None        # take the statistics from this HF checkpoint (transformers)
+    hf_arch: object = None            # its convert.Arch (channel order, Q scale)
 
 
 def _log(msg: str) -> None:
@@ -283,12 +286,18 @@ def run(model_path: Path, out: Path, st: Settings) -> Calibration:
         else:
             val_text = _detok(model, generate(model, (st.val_chunks + 1) * st.ctx, PROMPTS[6:], st.seed + 1,
                                               st.threads, "held-out text"))
-        cap = Capture(model, n_ctx=st.ctx, threads=st.threads)
-        try:
-            with bar(sum(map(len, seqs)), "capture Q/K/V", unit="tok") as pb:
-                stats = cap.run(seqs, progress=pb.update)
-        finally:
-            cap.close()
+        if st.hf_dir is not None:
+            from .hfcapture import capture_hf
+            with bar(sum(map(len, seqs)), "capture Q/K/V (transformers)", unit="tok") as pb:
+                stats = capture_hf(st.hf_dir, seqs, st.hf_arch.interleave, st.hf_arch.q_prescaled,
+                                   progress=pb.update)
+        else:
+            cap = Capture(model, n_ctx=st.ctx, threads=st.threads)
+            try:
+                with bar(sum(map(len, seqs)), "capture Q/K/V", unit="tok") as pb:
+                    stats = cap.run(seqs, progress=pb.update)
+            finally:
+                cap.close()
     finally:
         model.close()
 
@@ -338,7 +347,8 @@ def run(model_path: Path, out: Path, st: Settings) -> Calibration:
 
     best.info = {"tq_gguf": __import__("tq_gguf").__version__, "k_transform": chosen.k, "v_transform": chosen.v,
                  "alpha": chosen.alpha, "sink": chosen.sink,
-                 "source": source, "tokens": int(sum(map(len, seqs))), "ctx": st.ctx,
+                 "source": source, "capture": "transformers" if st.hf_dir is not None else "gguf",
+                 "tokens": int(sum(map(len, seqs))), "ctx": st.ctx,
                  "model_sha256": _sha256(model_path), "seconds": round(time.time() - t0, 1)}
     best.validation = {"heldout": str(st.heldout) if st.heldout else "generated", "ctx": st.ctx,
                        "chunks": st.val_chunks, "kld": table, "chosen": chosen.name,

@@ -63,6 +63,27 @@ class LayerStats:
         self.q2 = np.zeros((h, dk, dk))
         self.v1, self.v2 = np.zeros((h, dv)), np.zeros((h, dv, dv))
 
+    def add(self, kind: str, full: np.ndarray, keep: np.ndarray, first: bool) -> None:
+        """Accumulate one batch of ``kind`` (q, k or v) as [tokens, heads, d] float64, in llama.cpp's
+        channel order; ``keep`` marks the counted tokens, ``first`` that row 0 is position 0."""
+        x = full[keep]
+        if kind == "k":
+            if first and len(full):
+                self.sink_k.append(full[0].copy())
+            self.n_k += x.shape[0]
+            self.k1 += x.sum(0)
+            self.k2 += np.einsum("thi,thj->hij", x, x)
+        elif kind == "v":
+            if first and len(full):
+                self.sink_v.append(full[0].copy())
+            self.v1 += x.sum(0)
+            self.v2 += np.einsum("thi,thj->hij", x, x)
+        else:  # the Q heads sharing a KV head are pooled onto it
+            g = x.shape[1] // self.n_head_kv
+            xq = x.reshape(x.shape[0], self.n_head_kv, g, x.shape[2])
+            self.n_q += x.shape[0] * g
+            self.q2 += np.einsum("thgi,thgj->hij", xq, xq)
+
     # moments
     def k_mean(self): return self.k1 / self.n_k
     def k_cov(self): m = self.k_mean(); return self.k2 / self.n_k - m[:, :, None] * m[:, None, :]
@@ -116,28 +137,14 @@ class Capture:
                 return True
             kind, il = m.group(1), int(m.group(2))
             full = self._read(t)  # [tokens, heads, d]
-            x = full[self._keep]
-            if self._first and kind in "kv" and len(full):
-                st = self._stats(il, full.shape[1], full.shape[2] if kind == "k" else None,
-                                 full.shape[2] if kind == "v" else None)
-                (st.sink_k if kind == "k" else st.sink_v).append(full[0].copy())
-            if kind == "k":
-                st = self._stats(il, x.shape[1], x.shape[2], None)
-                st.n_k += x.shape[0]
-                st.k1 += x.sum(0)
-                st.k2 += np.einsum("thi,thj->hij", x, x)
-            elif kind == "v":
-                st = self._stats(il, x.shape[1], None, x.shape[2])
-                st.v1 += x.sum(0)
-                st.v2 += np.einsum("thi,thj->hij", x, x)
-            elif kind == "q":
+            if kind == "q":
                 st = self.layers.get(il)
                 if st is None:  # Q comes first in the graph: sizes from the model
                     return True
-                g = x.shape[1] // st.n_head_kv
-                xq = x.reshape(x.shape[0], st.n_head_kv, g, x.shape[2])
-                st.n_q += x.shape[0] * g
-                st.q2 += np.einsum("thgi,thgj->hij", xq, xq)
+            else:
+                st = self._stats(il, full.shape[1], full.shape[2] if kind == "k" else None,
+                                 full.shape[2] if kind == "v" else None)
+            st.add(kind, full, self._keep, self._first)
         except BaseException as e:  # never raise through C
             self.error = self.error or e
         return True

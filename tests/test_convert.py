@@ -316,3 +316,15 @@ def test_convert_calibrate_with_hf_capture(hf_models, calib_text, built, tmp_pat
     kld = cal.validation["kld"]
     assert math.isfinite(kld[cal.validation["chosen"]]["turbo3"])
     assert kld[cal.validation["chosen"]]["turbo3"] < kld["default"]["turbo3"]
+
+
+def test_error_when_the_pinned_tree_is_not_prepared(hf_models, tmp_path, monkeypatch):
+    monkeypatch.setattr(convert.paths, "src_dir", lambda: tmp_path / "nothing")
+    msg = _err(hf_models["llama"], tmp_path / "o.gguf")
+    assert "convert_hf_to_gguf.py is missing" in msg and "tq-gguf build" in msg
+
+
+def test_error_when_the_converter_requirements_are_missing(hf_models, tmp_path, monkeypatch):
+    monkeypatch.setattr(convert, "missing_requirements", lambda: ["torch", "sentencepiece"])
+    msg = _err(hf_models["llama"], tmp_path / "o.gguf")
+    assert "needs torch, sentencepiece" in msg and ".[hf]" in msg

@@ -189,8 +189,20 @@ def disk_needed(n_params: int, outtype: str, calibrate: bool) -> int:
     return int(peak * 1.05) + (64 << 20)
 
 
+REQUIREMENTS = ("torch", "transformers", "safetensors", "sentencepiece")
+
+
+def missing_requirements() -> list[str]:
+    import importlib.util
+    return [m for m in REQUIREMENTS if importlib.util.find_spec(m) is None]
+
+
 def converter() -> Path:
     """convert_hf_to_gguf.py of the pinned tree that `tq-gguf build` prepared."""
+    missing = missing_requirements()
+    if missing:
+        raise UsageError(f"the converter needs {', '.join(missing)}: pip install -e '.[hf]' "
+                         "(the CPU build of torch is enough)")
     p = paths.src_dir() / pinned.VENDOR_DIR / "convert_hf_to_gguf.py"
     if not p.is_file():
         raise UsageError(f"{p} is missing: run `tq-gguf build` first (the converter ships in the pinned llama.cpp)")

@@ -108,6 +108,17 @@ def report() -> int:
     if not ok or f"(tq {version})" not in where:
         missing.append(("patched llama-cpp-python bindings", "tq-gguf build"))
 
+    from importlib.metadata import PackageNotFoundError, version as dist_version
+    conv = []
+    for dist in ("torch", "transformers", "safetensors", "sentencepiece"):
+        try:
+            conv.append(f"{dist} {dist_version(dist)}")
+        except PackageNotFoundError:
+            conv.append(f"{dist} missing")
+    print(f"convert: {', '.join(conv)}")
+    if any(c.endswith("missing") for c in conv):  # optional: `tq-gguf convert` only
+        print("         (`tq-gguf convert` needs them: pip install -e '.[hf]')")
+
     print(f"cpu:     {platform.machine()} {' '.join(cpu_features()) or '(no x86 SIMD flags seen)'}")
     if "amx_tile" in cpu_features():
         print("         AMX present: keep GGML_NATIVE off (the default); --native may die with SIGILL")

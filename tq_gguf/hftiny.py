@@ -25,7 +25,7 @@ ARCHS = {
                    num_key_value_heads=2, head_dim=64, rope_theta=1000000.0)),
     "mistral": ("MistralConfig", "MistralForCausalLM",
                 dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
-                     num_key_value_heads=2, head_dim=64, rope_theta=10000.0, sliding_window=None)),
+                     num_key_value_heads=1, head_dim=64, rope_theta=10000.0, sliding_window=None)),
     "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM",  # head 256, five sliding layers then a global one
                dict(hidden_size=128, intermediate_size=256, num_hidden_layers=6, num_attention_heads=2,
                     num_key_value_heads=1, head_dim=256, query_pre_attn_scalar=256, sliding_window=32,

@@ -12,6 +12,13 @@ BITS_PER_VALUE = {
 }
 
 
+def kv_bytes(n_cells: int, n_layer: int, n_head_kv: int, d_k: int, d_v: int, type_k: str, type_v: str) -> int:
+    """Bytes of a KV cache of ``n_cells`` cells (all streams) at the types' bits per value;
+    what llama.cpp allocates (its `llama_kv_cache: size` line)."""
+    bits = n_cells * n_layer * n_head_kv * (d_k * BITS_PER_VALUE[type_k] + d_v * BITS_PER_VALUE[type_v])
+    return int(bits // 8)
+
+
 @dataclass(frozen=True)
 class Cache:
     k: str

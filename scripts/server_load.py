@@ -105,6 +105,8 @@ def main() -> int:
     ap.add_argument("--shift-predict", type=int, default=2048)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--shift-temp", type=float, default=1.0)
+    ap.add_argument("--no-shift", action="store_true", help="the load only (scripts/shift_quality.py measures "
+                    "the shift without sampling noise)")
     ap.add_argument("--ngl", type=int, default=0)
     ap.add_argument("-t", "--threads", type=int, default=2)
     ap.add_argument("-o", "--out", type=Path, default=Path("tq-gguf-results/server-load"))
@@ -122,6 +124,9 @@ def main() -> int:
                     threads=a.threads) as s:
             r = load_run(s, text, a.clients, a.requests, a.n_predict)
             r["kv_mib"], r["rss_mib"] = s.kv_mib(), s.peak_rss_mib()
+        if a.no_shift:
+            rows.append((c, r))
+            continue
         log(f"{c.name}: shift ({a.shift_predict} tokens through {a.shift_ctx} cells, and without shift; "
             f"{a.seeds} seeds)")
         r["gen"] = {}
@@ -142,18 +147,20 @@ def main() -> int:
                     r["shifts"] = s.log_text().count("slot context shift")
             r["gen"][mode] = gens
         rows.append((c, r))
-    log("scoring the generations with an f16 cache, whole text in context")
+    if not a.no_shift:
+        log("scoring the generations with an f16 cache, whole text in context")
     m = runtime.Model(model)
     try:
         for c, r in rows:
-            for mode, gens in r.pop("gen").items():
+            for mode, gens in r.pop("gen", {}).items():
                 # only what was generated past the point where the shifting slot first shifted
                 ppl = [score(m, p + g, a.shift_ctx) for p, g in gens]
                 rep = [repeated_4grams((p + g)[a.shift_ctx:]) for p, g in gens]
                 r[f"{mode}_ppl"], r[f"{mode}_rep4"] = round(float(np.mean(ppl)), 3), round(float(np.mean(rep)), 4)
                 r[f"{mode}_ppl_each"] = [round(x, 3) for x in ppl]
                 r[f"{mode}_rep4_each"] = [round(x, 4) for x in rep]
-            r["shift_ppl_ratio"] = round(r["shift_ppl"] / r["noshift_ppl"], 3)
+            if "shift_ppl" in r:
+                r["shift_ppl_ratio"] = round(r["shift_ppl"] / r["noshift_ppl"], 3)
     finally:
         m.close()
     lines = [f"model {model.name}; load: {a.clients} clients x {a.requests} requests x {a.n_predict} tokens, "
@@ -162,11 +169,17 @@ def main() -> int:
              "| cache K/V | served | errors | tokens | wall s | tok/s | KV MiB | peak RSS MiB | shifts | "
              "PPL (f16 judge) shifted | unshifted | shifted/unshifted | repeated 4-grams shifted / unshifted |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    if a.no_shift:
+        lines[0] = lines[0].split("; shift:")[0]
+        lines[-2:] = ["| cache K/V | served | errors | tokens | wall s | tok/s | KV MiB | peak RSS MiB |",
+                      "|---|---|---|---|---|---|---|---|"]
     for c, r in rows:
-        lines.append(f"| {c.name} | {r['served']}/{r['requests']} | {r['errors']} | {r['tokens']} | {r['wall_s']} | "
-                     f"{r['tok_per_s']} | {r['kv_mib']:.2f} | {r['rss_mib']:.0f} | {r['shifts']} | "
-                     f"{r['shift_ppl']:.2f} | {r['noshift_ppl']:.2f} | {r['shift_ppl_ratio']:.2f} | "
+        line = (f"| {c.name} | {r['served']}/{r['requests']} | {r['errors']} | {r['tokens']} | {r['wall_s']} | "
+                f"{r['tok_per_s']} | {r['kv_mib']:.2f} | {r['rss_mib']:.0f} |")
+        if not a.no_shift:
+            line += (f" {r['shifts']} | {r['shift_ppl']:.2f} | {r['noshift_ppl']:.2f} | {r['shift_ppl_ratio']:.2f} | "
                      f"{r['shift_rep4']:.3f} / {r['noshift_rep4']:.3f} |")
+        lines.append(line)
     md = "\n".join(lines)
     print(md)
     a.out.parent.mkdir(parents=True, exist_ok=True)

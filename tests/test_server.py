@@ -69,19 +69,26 @@ def test_concurrent_clients_on_parallel_slots(built, tiny_model, tmp_path, cache
 
 @pytest.mark.parametrize("cache", [("f16", "f16"), *CACHES], ids=_ids)
 def test_generation_far_past_the_context_with_shift(built, tiny_model, tmp_path, cache):
-    """1200 tokens through a 256-cell slot: the context shifts again and again; no crash,
-    every reported probability finite, and the server serves the next request."""
+    """Two clients at once, 1200 tokens each through 256-cell slots: both contexts fill and
+    shift again and again; no crash, every reported probability finite, and the server
+    serves the next request."""
     k, v = cache
-    with server(tiny_model, tmp_path, "-np", "1", "-c", "256", "--context-shift", "-ctk", k, "-ctv", v) as s:
-        res = s.ok("/completion", {"prompt": TEXT[:60], "n_predict": 1200, "ignore_eos": True, "temperature": 0,
-                                   "n_probs": 1}, timeout=300)
-        assert res["tokens_predicted"] == 1200
-        probs = [p["probs"][0]["prob"] if "probs" in p else math.exp(p["top_logprobs"][0]["logprob"])
-                 for p in res["completion_probabilities"]]
-        # one entry per emitted piece (byte tokens that end inside a UTF-8 character are merged)
-        assert len(probs) > 600 and all(math.isfinite(p) and 0 < p <= 1 for p in probs)
-        assert s.log_text().count("slot context shift") >= 4
-        assert s.ok("/completion", {"prompt": "again", "n_predict": 8})["tokens_predicted"] == 8
+    with server(tiny_model, tmp_path, "-np", "2", "-c", "512", "--context-shift", "-ctk", k, "-ctv", v) as s:
+        def long_generation(i):
+            return s.ok("/completion", {"prompt": TEXT[i * 100:i * 100 + 60], "n_predict": 1200, "ignore_eos": True,
+                                        "temperature": 0, "n_probs": 1}, timeout=300)
+        with ThreadPoolExecutor(2) as ex:
+            results = list(ex.map(long_generation, range(2)))
+        for res in results:
+            assert res["tokens_predicted"] == 1200
+            probs = [p["probs"][0]["prob"] if "probs" in p else math.exp(p["top_logprobs"][0]["logprob"])
+                     for p in res["completion_probabilities"]]
+            # one entry per emitted piece (byte tokens that end inside a UTF-8 character are merged)
+            assert len(probs) > 600 and all(math.isfinite(p) and 0 < p <= 1 for p in probs)
+        log = s.log_text()
+        assert log.count("slot context shift") >= 8
+        assert {int(x) for x in re.findall(r"id +(\d+) \| task \d+ \| slot context shift", log)} == {0, 1}
+        assert s.ok("/completion", {"prompt": "again", "n_predict": 8, "ignore_eos": True})["tokens_predicted"] == 8
 
 
 @pytest.mark.parametrize("cache", [*CACHES, ("f16", "f16")], ids=_ids)
@@ -168,7 +175,7 @@ def test_malformed_requests_get_errors_and_the_server_keeps_serving(built, tiny_
                 "-ctk", "turbo3", "-ctv", "turbo3") as s:
         def still_serving():
             assert s.request("GET", "/health")[0] == 200
-            assert s.ok("/completion", {"prompt": "ok", "n_predict": 4})["tokens_predicted"] == 4
+            assert s.ok("/completion", {"prompt": "ok", "n_predict": 4, "ignore_eos": True})["tokens_predicted"] == 4
 
         cases = [
             ("invalid JSON", "/completion", None, b'{"prompt": "unterminated'),

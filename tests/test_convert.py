@@ -312,6 +312,7 @@ def test_convert_calibrate_with_hf_capture(hf_models, calib_text, built, tmp_pat
     assert r.returncode == 0, r.stderr[-3000:]
     cal = read(out)
     assert cal.info["capture"] == "transformers"
+    assert "statistics from transformers" in tq("inspect", out).stdout
     kld = cal.validation["kld"]
     assert math.isfinite(kld[cal.validation["chosen"]]["turbo3"])
     assert kld[cal.validation["chosen"]]["turbo3"] < kld["default"]["turbo3"]

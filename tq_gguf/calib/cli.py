@@ -59,7 +59,8 @@ def describe(path: Path) -> str:
     if cal.info:
         src = cal.info.get("source", {})
         lines.append(f"  calibrated on: {src.get('text', '?')}, {cal.info.get('tokens', '?')} tokens, "
-                     f"ctx {cal.info.get('ctx', '?')}, tq-gguf {cal.info.get('tq_gguf', '?')}")
+                     f"ctx {cal.info.get('ctx', '?')}, statistics from {cal.info.get('capture', 'gguf')}, "
+                     f"tq-gguf {cal.info.get('tq_gguf', '?')}")
     v = cal.validation
     if v:
         lines.append(f"  validation ({v.get('heldout')}, ctx {v.get('ctx')}, {v.get('chunks')} chunks), KLD vs f16:")

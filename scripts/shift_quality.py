@@ -26,11 +26,6 @@ from tq_gguf.bench.caches import parse  # noqa: E402
 CHUNK = 32
 
 
-def kld_rows(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
-    lp, lq = runtime.log_softmax(ref.astype(np.float64)), runtime.log_softmax(got.astype(np.float64))
-    return (np.exp(lp) * (lp - lq)).sum(1)
-
-
 def run(model: runtime.Model, toks: list[int], cache, ctx: int | None) -> list[np.ndarray]:
     """Logits for every position, decoding CHUNK tokens at a time; with ``ctx``, shift like the server."""
     n_ctx = ctx or len(toks) + CHUNK
@@ -76,7 +71,7 @@ def main() -> int:
                 for mode, ctx in (("shift", a.ctx), ("noshift", None)):
                     got, sh = run(m, toks, c, ctx)
                     n_shifts = max(n_shifts, sh)
-                    k = np.concatenate([kld_rows(r, g) for r, g in zip(ref, got)])
+                    k = np.concatenate([runtime.kld_rows(r, g) for r, g in zip(ref, got)])
                     rows[c.name][mode].append(k[a.ctx:])  # positions past the first shift
                 log(f"  {c.name}: KLD shifted {np.mean(rows[c.name]['shift'][-1]):.4f}, "
                     f"unshifted {np.mean(rows[c.name]['noshift'][-1]):.4f}")

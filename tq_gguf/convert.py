@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import paths, pinned, tools
@@ -57,8 +57,6 @@ BYTES_PER_WEIGHT = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0"
                     "q5_0": 22 / 32, "q5_1": 24 / 32, "q2_k": 0.33, "q3_k_s": 0.43, "q3_k_m": 0.49,
                     "q3_k_l": 0.53, "q4_k_s": 0.57, "q4_k_m": 0.61, "q5_k_s": 0.69, "q5_k_m": 0.71,
                     "q6_k": 0.82, "iq4_nl": 0.5625, "iq4_xs": 0.53}
-DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-               "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 
 
 @dataclass
@@ -69,8 +67,6 @@ class Checkpoint:
     arch: Arch
     shards: list[Path]
     n_params: int
-    nbytes: int
-    config: dict = field(repr=False, default_factory=dict)
 
 
 def _safetensors_header(f: Path) -> dict:
@@ -142,7 +138,7 @@ def check_input(hf_dir: Path, out: Path, outtype: str, calibrate: bool = False) 
             if bins else ""
         raise UsageError(f"{hf_dir}: no model.safetensors or model.safetensors.index.json{hint}")
 
-    n_params = nbytes = 0
+    n_params = 0
     held: dict[str, str] = {}
     for s in shards:
         head = _safetensors_header(s)
@@ -153,7 +149,6 @@ def check_input(hf_dir: Path, out: Path, outtype: str, calibrate: bool = False) 
             for x in t.get("shape", []):
                 n *= int(x)
             n_params += n
-            nbytes += n * DTYPE_BYTES.get(t.get("dtype"), 4)
             held[name] = s.name
     if wmap is not None:
         wrong = [k for k, v in wmap.items() if held.get(k) != v]
@@ -175,7 +170,7 @@ def check_input(hf_dir: Path, out: Path, outtype: str, calibrate: bool = False) 
                          f"({n_params / 1e6:.0f} M weights as {outtype}"
                          f"{' plus the 16-bit intermediate' if outtype in QUANTIZE_TYPES else ''}"
                          f"{' plus the calibrated copy' if calibrate else ''})")
-    return Checkpoint(hf_dir, hf_arch, ARCHS[hf_arch], shards, n_params, nbytes, config)
+    return Checkpoint(hf_dir, hf_arch, ARCHS[hf_arch], shards, n_params)
 
 
 def disk_needed(n_params: int, outtype: str, calibrate: bool) -> int:

@@ -236,7 +236,12 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
     return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
 
 
+def kld_rows(ref_logits: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    """KL(ref || other) of each row's next-token distribution (nats)."""
+    lp, lq = log_softmax(ref_logits), log_softmax(logits)
+    return np.sum(np.exp(lp) * (lp - lq), axis=-1)
+
+
 def kld(ref_logits: np.ndarray, logits: np.ndarray) -> float:
     """Mean KL(ref || other) of the next-token distributions (nats)."""
-    lp, lq = log_softmax(ref_logits), log_softmax(logits)
-    return float(np.mean(np.sum(np.exp(lp) * (lp - lq), axis=-1)))
+    return float(np.mean(kld_rows(ref_logits, logits)))

@@ -15,6 +15,7 @@ from llama.cpp and are mapped here (the table in convert.ARCHS says which):
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from .capture import LayerStats
 IMPL = "tq_capture"
 
 
+@functools.lru_cache(maxsize=None)
 def rope_interleave(d: int) -> np.ndarray:
     """Index map P with x_llama = x_hf[P]: llama.cpp channel 2i + j is HF channel j*d/2 + i."""
     half = d // 2

@@ -17,6 +17,9 @@
 //   issued in batches, so each warp has several rows in flight.
 // Output and dst_meta follow the upstream vector kernel, so launch_fattn's
 // parallel-block combine is reused unchanged.
+// Sink store (fattn-turbo-side.cuh): the replaced cells score -inf in the main loop; in the
+// first parallel block, warp w takes side rows w, w+4, ... into its softmax state. The rows
+// of its first slot are loaded before the main loop, so their latency hides behind it.
 #pragma once
 
 #include "common.cuh"
@@ -165,7 +168,8 @@ static __global__ void flash_attn_ext_vec_turbo(
                             const int32_t nb11, const int32_t nb12, const int64_t nb13,
                             const int32_t nb21, const int32_t nb22, const int64_t nb23,
                             const int32_t ne31, const int32_t ne32, const int32_t ne33,
-                            const int32_t nb31, const int32_t nb32, const int64_t nb33) {
+                            const int32_t nb31, const int32_t nb32, const int64_t nb33,
+        const tq_fattn_side side) {
     ggml_cuda_pdl_lc();
 #ifdef FLASH_ATTN_AVAILABLE
     constexpr int nthreads = 128;
@@ -185,6 +189,7 @@ static __global__ void flash_attn_ext_vec_turbo(
     __shared__ __align__(16) float KQs[nthreads][G];   // softmax weights, heads contiguous
     __shared__ float VKQs[nwarps][G][D];
     __shared__ float2 meta_s[nwarps][G];
+    __shared__ int side_cells[TQ_FATTN_SIDE_MAX];
 
     tq_load_table<type_K>(tblK);
     tq_load_table<type_V>(tblV);
@@ -222,7 +227,13 @@ static __global__ void flash_attn_ext_vec_turbo(
             Qr[g][t] = g < nh ? Qg[kb*64 + 16*(t/4) + ki + (t%4)] * scale : 0.0f;
         }
     }
-    __syncthreads(); // tables
+
+    // sink store: the stream's replaced cells into shared memory (the sync below covers it)
+    const int n_side = side.k ? side.n_slot : 0;
+    for (int j = warp*WARP_SIZE + lane; j < n_side; j += nthreads) {
+        side_cells[j] = side.cells[sequence*n_side + j];
+    }
+    __syncthreads(); // tables, side cells
 
     float KQ_max[G];
     float KQ_sum[G];
@@ -238,6 +249,26 @@ static __global__ void flash_attn_ext_vec_turbo(
     }
 
     const int k_max = KV_max_ptr ? min(KV_max_ptr[sequence*gridDim.x + blockIdx.x], ne11) : ne11;
+
+    // range of the replaced cells (uniform per block), and this warp's first side row, loaded now
+    int side_lo = 0x7fffffff;
+    int side_hi = -1;
+    for (int j = 0; j < n_side; ++j) {
+        const int c = side_cells[j];
+        if (c >= 0) {
+            side_lo = min(side_lo, c);
+            side_hi = max(side_hi, c);
+        }
+    }
+    const bool side_mine = n_side > 0 && blockIdx.y == 0;
+    tq_k16<GGML_TYPE_F16> side_rk;
+    tq_k16<GGML_TYPE_F16> side_rv;
+    float side_m = -INFINITY;
+    if (side_mine && warp < n_side && side_cells[warp] >= 0 && side_cells[warp] < k_max) {
+        side_m = maskh ? __half2float(maskh[side_cells[warp]]) : 0.0f;
+        side_rk.load(side.k + sequence*side.nbk3 + kv_head*side.nbk2 + int64_t(warp)*side.nbk1, kb, ki);
+        side_rv.load(side.v + sequence*side.nbv3 + kv_head*side.nbv2 + int64_t(warp)*side.nbv1, kb, ki);
+    }
 
     for (int k0 = blockIdx.y*nthreads; k0 < k_max; k0 += gridDim.y*nthreads) {
         // ---- KQ: lane ends with the scores of position k0 + warp*32 + lane
@@ -288,6 +319,20 @@ static __global__ void flash_attn_ext_vec_turbo(
                             KQ_reg[g] = sc;
                         }
                     }
+                }
+            }
+        }
+
+        if (n_side > 0 && k0 + nthreads > side_lo && k0 <= side_hi) {
+            const int kp = k0 + warp*WARP_SIZE + lane;
+            bool replaced = false;
+            for (int j = 0; j < n_side; ++j) {
+                replaced = replaced || side_cells[j] == kp;
+            }
+            if (replaced) {
+#pragma unroll
+                for (int g = 0; g < G; ++g) {
+                    KQ_reg[g] = -FLT_MAX/2.0f;
                 }
             }
         }
@@ -345,6 +390,49 @@ static __global__ void flash_attn_ext_vec_turbo(
             }
         }
         __syncwarp();
+    }
+
+    // sink store: side rows warp, warp + nwarps, ... of the first parallel block, exact
+    if (side_mine) {
+        for (int j = warp; j < n_side; j += nwarps) {
+            if (j != warp) {
+                const int c = side_cells[j];
+                side_m = c >= 0 && c < k_max ? (maskh ? __half2float(maskh[c]) : 0.0f) : -INFINITY;
+                if (side_m != -INFINITY) {
+                    side_rk.load(side.k + sequence*side.nbk3 + kv_head*side.nbk2 + int64_t(j)*side.nbk1, kb, ki);
+                    side_rv.load(side.v + sequence*side.nbv3 + kv_head*side.nbv2 + int64_t(j)*side.nbv1, kb, ki);
+                }
+            }
+            if (side_m == -INFINITY) {
+                continue;
+            }
+            float kv[16];
+            float vv[16];
+            side_rk.decode(ki, nullptr, kv);
+            side_rv.decode(ki, nullptr, vv);
+#pragma unroll
+            for (int g = 0; g < G; ++g) {
+                float sc = 0.0f;
+#pragma unroll
+                for (int t = 0; t < 16; ++t) {
+                    sc = fmaf(Qr[g][t], kv[t], sc);
+                }
+                sc = warp_reduce_sum<TK>(sc);
+                if (logit_softcap != 0.0f) {
+                    sc = logit_softcap*tanhf(sc);
+                }
+                sc += slope[g]*side_m;
+                const float kqmax_new = fmaxf(KQ_max[g], sc);
+                const float KQ_max_scale = expf(KQ_max[g] - kqmax_new);
+                KQ_max[g] = kqmax_new;
+                const float p = expf(sc - kqmax_new);
+                KQ_sum[g] = KQ_sum[g]*KQ_max_scale + (lane == 0 ? p : 0.0f);
+#pragma unroll
+                for (int t = 0; t < 16; ++t) {
+                    VKQ[g][t] = VKQ[g][t]*KQ_max_scale + (lane < TK ? p*vv[t] : 0.0f);
+                }
+            }
+        }
     }
 
     // attention sinks: one warp takes them into its softmax state (as upstream)
@@ -428,7 +516,7 @@ static __global__ void flash_attn_ext_vec_turbo(
         }
     }
 #else
-    GGML_UNUSED_VARS(Q_ptr, K_ptr, V_ptr, mask_ptr, sinks_ptr, KV_max_ptr, dst_ptr, dst_meta_ptr, scale,
+    GGML_UNUSED_VARS(Q_ptr, K_ptr, V_ptr, mask_ptr, sinks_ptr, KV_max_ptr, dst_ptr, dst_meta_ptr, scale, side,
         max_bias, m0, m1, n_head_log2, logit_softcap,
         ne00, ne01, ne02, ne03,
               nb01, nb02, nb03,
@@ -444,8 +532,9 @@ static __global__ void flash_attn_ext_vec_turbo(
 template <int D, int G, ggml_type type_K, ggml_type type_V>
 static void ggml_cuda_flash_attn_ext_vec_turbo_impl(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
     constexpr int nwarps = 4;
-    fattn_kernel_t kernel = flash_attn_ext_vec_turbo<D, G, type_K, type_V>;
-    launch_fattn<D, 1, G>(ctx, dst, kernel, nwarps, 0, 128, false, false, false, false);
+    GGML_ASSERT((!dst->src[5] || dst->src[5]->ne[1] <= TQ_FATTN_SIDE_MAX) && "sink store larger than the decode kernel takes");
+    tq_fattn_kernel_t kernel = flash_attn_ext_vec_turbo<D, G, type_K, type_V>;
+    launch_fattn<D, 1, G>(ctx, dst, nullptr, nwarps, 0, 128, false, false, false, false, WARP_SIZE, kernel);
 }
 
 // G = largest of 4, 2, 1 that divides the GQA ratio (register budget caps it at 4);

@@ -58,6 +58,11 @@ DEFAULT_FA = ["q4_0-q4_0", "q8_0-q8_0", "f16-f16", "bf16-bf16", "turbo3-turbo3",
               "turbo3-turbo2", "q8_0-turbo3", "q8_0-turbo2", "f16-turbo3"]
 
 
+def base_type(v: str) -> str:
+    """The cache type of a table column ('turbo3+cal', 'turbo3-nosink' -> 'turbo3')."""
+    return v.removesuffix("+cal").removesuffix("-nosink")
+
+
 def fa_quants(caches: list[list[str]]) -> str:
     """GGML_CUDA_FA_QUANTS that compiles a vector kernel for every K/V pair of the run."""
     pairs = list(DEFAULT_FA)
@@ -117,6 +122,9 @@ def main() -> int:
     ap.add_argument("--calibrated", action="store_true",
                     help="also time every turbo cache with a calibration (per-layer transforms in the graph; "
                          "rows 'K/V+cal')")
+    ap.add_argument("--sinks", action="store_true",
+                    help="also run every turbo cache without its sink store (LLAMA_TURBO_SINKS=0); "
+                         "on/off alternate (A B B A) and each row is the mean of its two runs")
     ap.add_argument("-o", "--out", default=str(ROOT / "docs" / "results" / "gpu-speed"))
     args = ap.parse_args()
 
@@ -154,6 +162,20 @@ def main() -> int:
     for k, v in caches:
         for row in bench(model, k, v, args):
             results[(f"{k}/{v}", row["test"], row["depth"])] = (row["tok_s"], row["tok_s_sd"])
+    if args.sinks:
+        # sink store on (the default) vs off, A B B A: the first A is the run above
+        for k, v in [c for c in caches if "turbo" in c[0] or "turbo" in c[1]]:
+            runs = {f"{k}/{v}": [{key[1:]: val for key, val in results.items() if key[0] == f"{k}/{v}"}],
+                    f"{k}/{v}-nosink": []}
+            for key, env in ((f"{k}/{v}-nosink", {"LLAMA_TURBO_SINKS": "0"}), (f"{k}/{v}-nosink", {"LLAMA_TURBO_SINKS": "0"}),
+                             (f"{k}/{v}", None)):
+                runs[key].append({(row["test"], row["depth"]): (row["tok_s"], row["tok_s_sd"])
+                                  for row in bench(model, k, v, args, env=env)})
+            for key, rs in runs.items():
+                for td in rs[0]:
+                    vals = [r[td] for r in rs if td in r]
+                    results[(key, *td)] = (sum(x[0] for x in vals) / len(vals), sum(x[1] for x in vals) / len(vals))
+            caches.append([k, v + "-nosink"])
     if args.calibrated:
         # speed depends on shapes only: the default rotation written as a calibration
         from tq_gguf.calib import fit, schema
@@ -172,7 +194,11 @@ def main() -> int:
              f"head {shp.head_dim}, n_ff {shp.n_ff}, vocab {shp.n_vocab}), random Q4_0 weights. "
              f"llama-bench, `-ngl 99 -fa 1`, {args.reps} repetitions, build `{tools.active().get('tq_version')}`.",
              "", f"Command: `python scripts/gpu_speed.py --shape {args.shape} --depths {args.depths} "
-             f"--prompt {args.prompt} --gen {args.gen} --reps {args.reps} --caches {args.caches}`", ""]
+             f"--prompt {args.prompt} --gen {args.gen} --reps {args.reps} --caches {args.caches}"
+             f"{' --sinks' if args.sinks else ''}{' --calibrated' if args.calibrated else ''}`", ""]
+    if args.sinks:
+        lines += ["Turbo rows keep each sequence's first cells exact (the default sink store); `-nosink` rows run "
+                  "with `LLAMA_TURBO_SINKS=0`. Both are the mean of two runs in A B B A order.", ""]
     lines += ["| cache K/V | bits | test | depth | tok/s | vs f16 | vs q8_0 |", "|---|---|---|---|---|---|---|"]
     out_rows = []
     for test in tests:
@@ -184,10 +210,21 @@ def main() -> int:
                 ts, sd = results.get((key, test, d), (float("nan"), float("nan")))
                 r16 = ts / base_f16[0] if base_f16 else float("nan")
                 r8 = ts / base_q8[0] if base_q8 else float("nan")
-                bits = (BPV[k] + BPV[v.removesuffix("+cal")]) / 2
+                bits = (BPV[k] + BPV[base_type(v)]) / 2
                 lines.append(f"| {key} | {bits:g} | {test} | {d} | {ts:.1f} ± {sd:.1f} | {r16:.2f} | {r8:.2f} |")
                 out_rows.append({"cache": key, "bits": bits, "test": test, "depth": d, "ts": ts, "sd": sd,
                                  "vs_f16": r16, "vs_q8_0": r8})
+    if args.sinks:
+        lines += ["", "Sink store cost: tok/s with the store over tok/s without it, same run:", "",
+                  "| cache K/V | test | depth | on / off |", "|---|---|---|---|"]
+        for k, v in [c for c in caches if c[1].endswith("-nosink")]:
+            key = f"{k}/{base_type(v)}"
+            for test in tests:
+                for d in depths:
+                    on, off = results.get((key, test, d)), results.get((f"{key}-nosink", test, d))
+                    if on and off:
+                        lines.append(f"| {key} | {test} | {d} | {on[0] / off[0]:.3f} |")
+                        out_rows.append({"cache": key, "test": test, "depth": d, "sink_on_over_off": on[0] / off[0]})
     # bandwidth view of decode at the deepest depth: cache bytes read per token / time per token
     dmax = max(depths)
     lines += ["", f"Decode at depth {dmax}: KV-cache bytes read per token (all layers) and the rate "
@@ -197,7 +234,7 @@ def main() -> int:
     for k, v in caches:
         key = f"{k}/{v}"
         ts = results.get((key, f"tg{args.gen}", dmax), (float("nan"),))[0]
-        nbytes = f16_bytes * (BPV[k] + BPV[v.removesuffix("+cal")]) / 2 / 16
+        nbytes = f16_bytes * (BPV[k] + BPV[base_type(v)]) / 2 / 16
         lines.append(f"| {key} | {nbytes / 2**20:.0f} | {ts:.1f} | {nbytes * ts / 1e9:.0f} |")
     md = "\n".join(lines) + "\n"
     print("\n" + md)

@@ -65,12 +65,14 @@ def test_metadata_round_trip(tmp_path, tiny_model):
     rng = np.random.default_rng(0)
     cal = calibration(rng, policy={"turbo3": {"k": ["q8_0", "turbo3"], "v": ["turbo3", "f16"]}},
                       budget_bpv=3.5, info={"k_transform": "scale"}, validation={"kld": {"default": {"turbo3": 0.2}}})
+    cal.sink_cells = 2
     side = write_sidecar(tmp_path / "side.gguf", cal)
     out = write_model(tiny_model, tmp_path / "cal.gguf", cal)
     for path in (side, out):
         got = read(path)
         assert got.arch == "llama" and got.n_layer == 2 and got.budget_bpv == pytest.approx(3.5)
         assert got.policy == cal.policy and got.info == cal.info and got.validation == cal.validation
+        assert got.sink_cells == 2
         for a, b in zip(got.layers, cal.layers):
             for k, arr in a.arrays().items():
                 np.testing.assert_allclose(arr, b.arrays()[k].astype(np.float32), rtol=0, atol=0)
@@ -164,6 +166,8 @@ def _cases():
          "turbo.policy.turbo3.v' has 1 entries"),
         ("int array", _set("turbo.layer.0.k.offset", list(range(128)), T.ARRAY, T.INT32),
          "turbo.layer.0.k.offset' is an array of i32, expected float32"),
+        ("sink cells", _set("turbo.sink_cells", 1000, T.UINT32), "turbo.sink_cells' is 1000; at most 64"),
+        ("sink cells type", _set("turbo.sink_cells", 4.0, T.FLOAT32), "turbo.sink_cells' has type f32, expected u32"),
     ]
 
 

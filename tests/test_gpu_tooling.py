@@ -75,6 +75,21 @@ def test_speed_script_table_on_cpu(built, tmp_path):
     assert "| cache K/V | bits | test | depth | tok/s | vs f16 | vs q8_0 |" in md and "turbo3/turbo3 | 3.25" in md
 
 
+def test_speed_script_sink_rows_on_cpu(built, tmp_path):
+    r = _speed(tmp_path, "--caches", "f16,turbo3", "--sinks")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    rows = json.loads((tmp_path / "out" / "gpu-speed-cpu.json").read_text())["rows"]
+    assert {x["cache"] for x in rows if "ts" in x} == {"f16/f16", "turbo3/turbo3", "turbo3/turbo3-nosink"}
+    ratios = [x for x in rows if "sink_on_over_off" in x]
+    assert {(x["test"], x["depth"]) for x in ratios} == {(t, d) for t in ("pp16", "tg4") for d in (0, 64)}
+    for x in ratios:
+        on = next(y["ts"] for y in rows if y["cache"] == "turbo3/turbo3" and (y["test"], y["depth"]) == (x["test"], x["depth"]))
+        off = next(y["ts"] for y in rows if y["cache"] == "turbo3/turbo3-nosink" and (y["test"], y["depth"]) == (x["test"], x["depth"]))
+        assert x["sink_on_over_off"] == pytest.approx(on / off)
+    md = (tmp_path / "out" / "gpu-speed-cpu.md").read_text()
+    assert "Sink store cost" in md and "LLAMA_TURBO_SINKS=0" in md and "--sinks" in md
+
+
 def test_speed_script_rejects_unknown_cache_and_shape(tmp_path):
     r = _speed(tmp_path, "--caches", "f16,turbo9")
     assert r.returncode == 2 and "unknown cache type 'turbo9'" in r.stderr

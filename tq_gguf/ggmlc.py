@@ -108,6 +108,9 @@ def _graph_api():
             ("ggml_init", P, [_InitParams]), ("ggml_free", None, [P]),
             ("ggml_new_tensor_1d", P, [P, ctypes.c_int, ctypes.c_int64]),
             ("ggml_new_tensor_2d", P, [P, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]),
+            ("ggml_new_tensor_4d", P, [P, ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]),
+            ("ggml_flash_attn_ext", P, [P, P, P, P, P, ctypes.c_float, ctypes.c_float, ctypes.c_float]),
+            ("ggml_flash_attn_ext_set_side", None, [P, P, P, P]),
             ("ggml_get_data", P, [P]), ("ggml_nbytes", ctypes.c_size_t, [P]),
             ("ggml_cpy", P, [P, P, P]), ("ggml_set_rows", P, [P, P, P, P]), ("ggml_get_rows", P, [P, P, P]),
             ("ggml_new_graph", P, [P]), ("ggml_build_forward_expand", None, [P, P])):
@@ -130,6 +133,15 @@ class OpGraph:
     def tensor(self, type_name: str, ne0: int, ne1: int | None = None, data=None):
         t = (self.base.ggml_new_tensor_1d(self.ctx, GGML_TYPE[type_name], ne0) if ne1 is None else
              self.base.ggml_new_tensor_2d(self.ctx, GGML_TYPE[type_name], ne0, ne1))
+        if data is not None:
+            raw = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
+            assert raw.size == self.base.ggml_nbytes(t), (raw.size, self.base.ggml_nbytes(t))
+            ctypes.memmove(self.base.ggml_get_data(t), raw.ctypes.data, raw.size)
+        return t
+
+    def tensor4(self, type_name: str, ne: tuple, data=None):
+        """A 4-D tensor ne = (ne0, ne1, ne2, ne3), filled from ``data`` (raw bytes in ggml order)."""
+        t = self.base.ggml_new_tensor_4d(self.ctx, GGML_TYPE[type_name], *ne)
         if data is not None:
             raw = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
             assert raw.size == self.base.ggml_nbytes(t), (raw.size, self.base.ggml_nbytes(t))

@@ -209,6 +209,9 @@ class Session:
     def seq_add(self, seq: int, p0: int, p1: int, delta: int) -> None:
         _lib().llama_memory_seq_add(self.mem, seq, p0, p1, delta)
 
+    def seq_cp(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None:
+        _lib().llama_memory_seq_cp(self.mem, src, dst, p0, p1)
+
     def state(self) -> bytes:
         l = _lib()
         n = l.llama_state_get_size(self.ptr)

@@ -82,6 +82,7 @@ class Settings:
     kinds: tuple[Candidate, ...] = CANDIDATES
     hf_dir: Path | None = None        # take the statistics from this HF checkpoint (transformers)
     hf_arch: object = None            # its convert.Arch (channel order, Q scale)
+    sink_cells: int | None = None     # turbo.sink_cells to write (validated with it); None: runtime default
 
 
 def _log(msg: str) -> None:
@@ -301,7 +302,8 @@ def run(model_path: Path, out: Path, st: Settings) -> Calibration:
     finally:
         model.close()
 
-    with tempfile.TemporaryDirectory(prefix="tq-calib-") as wd:
+    sinks_env = {"LLAMA_TURBO_SINKS": st.sink_cells} if st.sink_cells is not None else {}
+    with tempfile.TemporaryDirectory(prefix="tq-calib-") as wd, runtime.environ(sinks_env):
         ev = Evaluator(model_path, val_text, st.ctx, st.val_chunks, st.threads, Path(wd))
         ev.sweep_chunks = st.sweep_chunks
         caches = [Cache(t, t) for t in st.types]
@@ -344,6 +346,7 @@ def run(model_path: Path, out: Path, st: Settings) -> Calibration:
                 policy_info[c.k] = pinfo
                 _log(f"  policy {c.k}: " + json.dumps({k: v for k, v in pinfo.items() if k != 'sweep_delta'}))
             best.budget_bpv = st.budget_bpv
+    best.sink_cells = st.sink_cells
 
     best.info = {"tq_gguf": __import__("tq_gguf").__version__, "k_transform": chosen.k, "v_transform": chosen.v,
                  "alpha": chosen.alpha, "sink": chosen.sink,

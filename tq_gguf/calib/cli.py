@@ -15,7 +15,9 @@ def _calibrate(a) -> int:
     from .schema import CalibError
     types = tuple(t.strip() for t in a.types.split(",") if t.strip())
     st = Settings(text=a.text, tokens=a.tokens, types=types, budget_bpv=a.budget_bpv, heldout=a.heldout,
-                  ctx=a.ctx, val_chunks=a.val_chunks, threads=a.threads, seed=a.seed)
+                  ctx=a.ctx, val_chunks=a.val_chunks, threads=a.threads, seed=a.seed, sink_cells=a.sink_cells)
+    if a.sink_cells is not None and not 0 <= a.sink_cells <= 64:
+        raise UsageError(f"--sink-cells {a.sink_cells}: give 0 (off) to 64")
     if a.tokens < a.ctx:
         raise UsageError(f"--tokens {a.tokens} is less than one sequence (--ctx {a.ctx})")
     try:
@@ -46,6 +48,8 @@ def describe(path: Path) -> str:
     if cal.codebooks:
         lines.append(f"  codebooks: {', '.join(sorted(cal.codebooks))} (pinned)")
     lines.append(f"  budget: {cal.budget_bpv} bits/value" if cal.budget_bpv is not None else "  budget: none")
+    lines.append(f"  sink cells: {cal.sink_cells} per sequence kept exact" if cal.sink_cells is not None
+                 else "  sink cells: the runtime's default (LLAMA_TURBO_SINKS, else 4)")
     if cal.policy:
         from ..bench.caches import BITS_PER_VALUE
         for typ, kv in sorted(cal.policy.items()):
@@ -97,6 +101,9 @@ def add_parsers(sub) -> None:
     c.add_argument("--budget-bpv", type=float, default=None,
                    help="choose a per-layer type policy within this many bits per value (e.g. 3.5)")
     c.add_argument("--ctx", type=int, default=1024, help="window length for capture and validation (default 1024)")
+    c.add_argument("--sink-cells", type=int, default=None, metavar="N",
+                   help="write turbo.sink_cells: the runtime keeps each sequence's first N positions exact "
+                        "(default: not written; the runtime keeps 4)")
     c.add_argument("--val-chunks", type=int, default=4)
     c.add_argument("--seed", type=int, default=1234)
     c.add_argument("-t", "--threads", type=int, default=os.cpu_count() or 2)

@@ -18,6 +18,8 @@ row-major d x d per KV head, flattened):
     turbo.policy.<type>.k|v       str[n]   cache type of each layer when the user asks
                                            for <type> (turbo3|turbo2); f16|q8_0|turbo3|turbo2
     turbo.budget_bpv              f32      the budget the policy was chosen under (info)
+    turbo.sink_cells              u32      optional: first positions of each sequence the runtime
+                                           keeps exact (f16) beside the cache; <= 64
     turbo.calibration             str      JSON: how it was made (info)
     turbo.validation              str      JSON: held-out KLD, calibrated vs default (info)
 
@@ -36,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 VERSION = 1
+SINK_CELLS_MAX = 64  # llama-turbo.h LLAMA_TURBO_SINK_MAX
 PREFIX = "turbo."
 POLICY_TYPES = ("f16", "q8_0", "turbo3", "turbo2")
 
@@ -74,6 +77,7 @@ class Calibration:
     budget_bpv: float | None = None
     info: dict = field(default_factory=dict)        # turbo.calibration
     validation: dict = field(default_factory=dict)  # turbo.validation
+    sink_cells: int | None = None                   # turbo.sink_cells (None: the runtime's default)
 
     def kv(self) -> dict[str, tuple]:
         """Every key as (value, gguf-py value type, sub type)."""
@@ -98,6 +102,10 @@ class Calibration:
                     out[f"turbo.policy.{typ}.{side}"] = (list(kv[side]), T.ARRAY, T.STRING)
         if self.budget_bpv is not None:
             out["turbo.budget_bpv"] = (float(self.budget_bpv), T.FLOAT32, None)
+        if self.sink_cells is not None:
+            if not 0 <= int(self.sink_cells) <= SINK_CELLS_MAX:
+                raise CalibError(f"turbo calibration: sink_cells must be 0..{SINK_CELLS_MAX}, not {self.sink_cells}")
+            out["turbo.sink_cells"] = (int(self.sink_cells), T.UINT32, None)
         out["turbo.calibration"] = (json.dumps(self.info, sort_keys=True), T.STRING, None)
         out["turbo.validation"] = (json.dumps(self.validation, sort_keys=True), T.STRING, None)
         return out
@@ -235,6 +243,8 @@ def read(path: Path) -> Calibration | None:
         except json.JSONDecodeError as e:
             raise CalibError(f"turbo calibration: key '{key}' is not JSON ({e})") from None
 
+    sinks = reader.fields.get("turbo.sink_cells")
     return Calibration(arch, n_layer, layers, policy, codebooks,
                        float(budget.contents()) if budget is not None else None,
-                       js("turbo.calibration"), js("turbo.validation"))
+                       js("turbo.calibration"), js("turbo.validation"),
+                       int(sinks.contents()) if sinks is not None else None)

@@ -1,0 +1,72 @@
+// tq-gguf: the sink store of a turbo cache in FlashAttention (ggml_flash_attn_ext_set_side).
+//
+// Slot j of stream s holds exact f16 K/V rows that replace cell cells[j, s] of the cache.
+// Two ways the kernels honour it:
+//   - paths that convert K/V to f16 first (prefill, pairs without a turbo decode kernel):
+//     tq_fattn_side_scatter overwrites the replaced cells' rows in the converted buffers;
+//   - the turbo decode kernel reads the cache directly: it skips the replaced cells and takes
+//     the side rows instead (tq_fattn_side is passed by value as an extra kernel argument).
+// A side of type F16 in the cache needs no scatter: its rows are the side rows already.
+#pragma once
+
+#include "common.cuh"
+
+// most side rows per stream the turbo decode kernel takes (llama caps its store at this)
+#define TQ_FATTN_SIDE_MAX 256
+
+struct tq_fattn_side {
+    const char    * k     = nullptr; // F16 [D, n_slot, n_head_kv, n_stream]; null: no side
+    const char    * v     = nullptr;
+    const int32_t * cells = nullptr; // [n_slot, n_stream], -1: unused
+    int32_t n_slot = 0;
+    int32_t nbk1 = 0, nbk2 = 0; int64_t nbk3 = 0; // bytes per slot, head, stream
+    int32_t nbv1 = 0, nbv2 = 0; int64_t nbv3 = 0;
+};
+
+static tq_fattn_side tq_fattn_side_get(const ggml_tensor * dst) {
+    tq_fattn_side side;
+    const ggml_tensor * k = dst->src[5];
+    const ggml_tensor * v = dst->src[6];
+    const ggml_tensor * c = dst->src[7];
+    if (!k) {
+        return side;
+    }
+    side.k      = (const char *) k->data;
+    side.v      = (const char *) v->data;
+    side.cells  = (const int32_t *) c->data;
+    side.n_slot = (int32_t) k->ne[1];
+    side.nbk1 = (int32_t) k->nb[1]; side.nbk2 = (int32_t) k->nb[2]; side.nbk3 = k->nb[3];
+    side.nbv1 = (int32_t) v->nb[1]; side.nbv2 = (int32_t) v->nb[2]; side.nbv3 = v->nb[3];
+    return side;
+}
+
+// one block per (slot, head, stream): copy the side row over the converted cell's row
+static __global__ void tq_fattn_side_scatter_kernel(
+        const char * side, const int32_t * cells, half * dst, const int D, const int n_slot, const int n_kv,
+        const int32_t nbs1, const int32_t nbs2, const int64_t nbs3,
+        const int64_t nbd1, const int64_t nbd2, const int64_t nbd3) {
+    const int j = blockIdx.x;
+    const int h = blockIdx.y;
+    const int s = blockIdx.z;
+    const int c = cells[s*n_slot + j];
+    if (c < 0 || c >= n_kv) {
+        return;
+    }
+    const half * src = (const half *) (side + j*nbs1 + h*nbs2 + s*nbs3);
+    half * out = (half *) ((char *) dst + c*nbd1 + h*nbd2 + s*nbd3);
+    for (int i = threadIdx.x; i < D; i += blockDim.x) {
+        out[i] = src[i];
+    }
+}
+
+// dst: the converted f16 K or V with strides nbd* (bytes), shape [D, n_kv, n_head_kv, n_stream]
+static void tq_fattn_side_scatter(const tq_fattn_side & side, bool is_k, half * dst, const int D, const int n_kv,
+        const int n_head_kv, const int n_stream, const int64_t nbd1, const int64_t nbd2, const int64_t nbd3,
+        cudaStream_t stream) {
+    const dim3 blocks(side.n_slot, n_head_kv, n_stream);
+    tq_fattn_side_scatter_kernel<<<blocks, 128, 0, stream>>>(
+        is_k ? side.k : side.v, side.cells, dst, D, side.n_slot, n_kv,
+        is_k ? side.nbk1 : side.nbv1, is_k ? side.nbk2 : side.nbv2, is_k ? side.nbk3 : side.nbv3,
+        nbd1, nbd2, nbd3);
+    CUDA_CHECK(cudaGetLastError());
+}

@@ -381,6 +381,7 @@ def test_calibrate_refuses_a_calibration_worse_than_default(built, tiny_model, t
     (["calibrate", "{tmp}/nope.gguf", "-o", "{tmp}/o.gguf"], "no such file"),
     (["calibrate", "{notgguf}", "-o", "{tmp}/o.gguf"], "not a readable GGUF"),
     (["calibrate", "{tiny}", "-o", "{tmp}/o.gguf", "--tokens", "10"], "less than one sequence"),
+    (["calibrate", "{tiny}", "-o", "{tmp}/o.gguf", "--sink-cells", "99"], "--sink-cells 99: give 0 (off) to 64"),
     (["inspect", "{notgguf}"], "not a readable GGUF"),
 ])
 def test_calibrate_errors_are_clear(built, tiny_model, tmp_path, args, msg):

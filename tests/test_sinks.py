@@ -80,7 +80,7 @@ def _problem(seed=0, n_kv=48, n_tok=3, n_head=4, n_head_kv=2, d=64):
 
 
 @pytest.mark.parametrize("tk,tv", PAIRS)
-def test_side_rows_equal_an_f16_cache_holding_them(built, tk, tv):
+def test_side_rows_equal_a_cache_holding_them(built, tk, tv):
     q, k, v, mask = _problem()
     cells = [0, 5, 17, -1]
     used = [c for c in cells if c >= 0]

@@ -12,12 +12,12 @@ def _calibrate(a) -> int:
     from .. import bindings
     bindings.load_first()
     from .calibrate import Settings, run
-    from .schema import CalibError
+    from .schema import SINK_CELLS_MAX, CalibError
     types = tuple(t.strip() for t in a.types.split(",") if t.strip())
     st = Settings(text=a.text, tokens=a.tokens, types=types, budget_bpv=a.budget_bpv, heldout=a.heldout,
                   ctx=a.ctx, val_chunks=a.val_chunks, threads=a.threads, seed=a.seed, sink_cells=a.sink_cells)
-    if a.sink_cells is not None and not 0 <= a.sink_cells <= 64:
-        raise UsageError(f"--sink-cells {a.sink_cells}: give 0 (off) to 64")
+    if a.sink_cells is not None and not 0 <= a.sink_cells <= SINK_CELLS_MAX:
+        raise UsageError(f"--sink-cells {a.sink_cells}: give 0 (off) to {SINK_CELLS_MAX}")
     if a.tokens < a.ctx:
         raise UsageError(f"--tokens {a.tokens} is less than one sequence (--ctx {a.ctx})")
     try:

@@ -25,6 +25,7 @@
 #include "common.cuh"
 #include "fattn-common.cuh"
 #include "turbo.cuh"
+#include "fattn-mma-turbo.cuh"
 
 static __device__ __forceinline__ uint32_t tq_ld_u32_a2(const uint8_t * p) {
     // 2-byte aligned 32-bit load (turbo blocks are 26/18 bytes, so only 2-byte alignment holds)
@@ -549,6 +550,13 @@ static int tq_fattn_turbo_gmax() {
 
 template <int D, ggml_type type_K, ggml_type type_V>
 void ggml_cuda_flash_attn_ext_vec_turbo_case(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
+    if constexpr (tq_is_turbo(type_K) && tq_is_turbo(type_V)) {
+        const int cc = ggml_cuda_info().devices[ggml_cuda_get_device()].cc;
+        if (tq_fattn_mma_enabled() && ampere_mma_available(cc) && cp_async_available(cc)) {
+            ggml_cuda_flash_attn_ext_mma_turbo<D, type_K, type_V>(ctx, dst);
+            return;
+        }
+    }
     const int gqa_ratio = dst->src[0]->ne[2] / dst->src[1]->ne[2];
     const int gmax = tq_fattn_turbo_gmax();
     if (gqa_ratio % 4 == 0 && gmax >= 4) {

@@ -1,0 +1,637 @@
+// tq-gguf: tensor-core FlashAttention decode for a turbo2/turbo3 K and a turbo2/turbo3 V (sm_80+).
+//
+// Why: the vector kernel (fattn-vec-turbo.cuh) spends per cache value one shared-memory
+// codebook load, several bit extractions and G FMAs (G Q heads), and its 2-byte global loads
+// of 26/18-byte blocks cost many L1 wavefronts. Here
+//   - each warp stages its 32 rows of raw K and V blocks in shared memory with 16-byte
+//     cp.async (double-buffered);
+//   - indices become f16 values with byte permutes from a codebook held in registers
+//     (4 PRMTs per 4 values, no shared-memory table);
+//   - Q·K and P·V run on tensor cores (mma m16n8k16, f16 in, f32 accumulate), so the
+//     G Q heads of a K/V head cost no extra instructions per value.
+// Measured (H100, docs/results/cuda.md): about 1.2x the vector kernel's decode rate at depth
+// 32768; loads alone and math alone each take about half of the kernel's time, and they
+// overlap poorly.
+//
+// Layout (one block: one Q column, one K/V head, up to 8 of its Q heads; 4 warps, each owning
+// 32 positions per iteration: S for 4 tiles of 8 positions, one softmax step, Oᵀ in 2 steps of 16):
+//   S = Q·Kᵀ:  A = Q (16 rows = heads, 8 used), B = Kᵀ (16 dims × 8 positions),
+//              C = S[head g][positions 2u, 2u+1]   (g = lane/4, u = lane%4)
+//   Oᵀ += Vᵀ·Pᵀ: A = Vᵀ (16 dims × 16 positions), B = Pᵀ (16 positions × 8 heads);
+//              the S fragment of two 8-position tiles is exactly the Pᵀ fragment.
+//   Block scales: K's per-block scale multiplies S per 64-value block, V's multiplies Pᵀ.
+// A fragment register holds values (j, j+1) of one row (K) or one dim of rows (p, p+1) (V);
+// both come from one 32-bit word of four 3-bit indices, see tq_lookup4.
+// Each warp keeps its own softmax state; the warps and the parallel blocks combine as in
+// the vector kernel (same output layout). Sink store rows run through the same path from
+// global memory, in the first parallel block.
+#pragma once
+
+#include "common.cuh"
+#include "fattn-common.cuh"
+#include "turbo.cuh"
+
+template <ggml_type type> struct tq_mma_blk;
+template <> struct tq_mma_blk<GGML_TYPE_TURBO3> { static constexpr int bytes = 26; static constexpr bool hi = true;  };
+template <> struct tq_mma_blk<GGML_TYPE_TURBO2> { static constexpr int bytes = 18; static constexpr bool hi = false; };
+
+// the codebook as f16 bit patterns split into low and high bytes (entries 0-3, 4-7)
+struct tq_cb16 {
+    uint32_t l0, l1, h0, h1;
+};
+
+template <ggml_type type>
+static __device__ __forceinline__ tq_cb16 tq_cb16_load() {
+    constexpr int n = type == GGML_TYPE_TURBO3 ? 8 : 4;
+    const float * cb = type == GGML_TYPE_TURBO3 ? kvalues_turbo3 : kvalues_turbo2;
+    uint32_t lo[2] = {0, 0};
+    uint32_t hi[2] = {0, 0};
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        const uint32_t h = __half_as_ushort(__float2half_rn(cb[i % n]));
+        lo[i/4] |= (h & 0xFF) << (8*(i % 4));
+        hi[i/4] |= (h >> 8)   << (8*(i % 4));
+    }
+    return {lo[0], lo[1], hi[0], hi[1]};
+}
+
+// idx: bytes [a0, a1, b0, b1], each a codebook index < 8 (other bits zero).
+// r0 = half2(cb[a0], cb[a1]), r1 = half2(cb[b0], cb[b1]).
+static __device__ __forceinline__ void tq_lookup4(const uint32_t idx, const tq_cb16 & t, uint32_t & r0, uint32_t & r1) {
+    const uint32_t sel = idx | (idx >> 12);          // nibbles a0, b0, a1, b1
+    const uint32_t lo  = __byte_perm(t.l0, t.l1, sel);
+    const uint32_t hi  = __byte_perm(t.h0, t.h1, sel);
+    r0 = __byte_perm(lo, hi, 0x6240);
+    r1 = __byte_perm(lo, hi, 0x7351);
+}
+
+// indices of slab s (values 16s + ...) from X (2-bit planes, 4 bytes) and H (high bits)
+template <bool hi, int s>
+static __device__ __forceinline__ uint32_t tq_idx(const uint32_t X, const uint32_t H) {
+    uint32_t idx = (X >> (2*s)) & 0x03030303u;
+    if constexpr (hi) {
+        const uint32_t h = s == 0 ? H << 2 : H >> (2*s - 2);
+        idx |= h & 0x04040404u;
+    }
+    return idx;
+}
+
+static __device__ __forceinline__ uint32_t tq_lds_u16(const uint8_t * p) {
+    return *(const uint16_t *) p;
+}
+
+static __device__ __forceinline__ uint32_t tq_pack_h2(const float a, const float b) {
+    const half2 h = __floats2half2_rn(a, b);
+    return *(const uint32_t *) &h;
+}
+
+static __device__ __forceinline__ void tq_mma_16816(float (&c)[4], const uint32_t a0, const uint32_t a1, const uint32_t a2, const uint32_t a3,
+                                                    const uint32_t b0, const uint32_t b1) {
+#if defined(AMPERE_MMA_AVAILABLE)
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#else
+    GGML_UNUSED_VARS(c, a0, a1, a2, a3, b0, b1);
+    NO_DEVICE_CODE;
+#endif
+}
+
+static __device__ __forceinline__ void tq_cp_async_4(void * dst, const void * src) {
+#if defined(CP_ASYNC_AVAILABLE)
+    const unsigned int d = (unsigned int) __cvta_generic_to_shared(dst);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" : : "r"(d), "l"(src));
+#else
+    GGML_UNUSED_VARS(dst, src);
+    NO_DEVICE_CODE;
+#endif
+}
+
+template <int n>
+static __device__ __forceinline__ void tq_cp_async_wait() {
+#if defined(CP_ASYNC_AVAILABLE)
+    asm volatile("cp.async.wait_group %0;" : : "n"(n));
+#endif
+}
+
+static __device__ __forceinline__ void tq_cp_async_commit() {
+#if defined(CP_ASYNC_AVAILABLE)
+    asm volatile("cp.async.commit_group;");
+#endif
+}
+
+static __device__ __forceinline__ void tq_cp_async_16(void * dst, const void * src) {
+#if defined(CP_ASYNC_AVAILABLE)
+    const unsigned int d = (unsigned int) __cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" : : "r"(d), "l"(src));
+#else
+    GGML_UNUSED_VARS(dst, src);
+    NO_DEVICE_CODE;
+#endif
+}
+
+// offset of a row's head slice within its 16-byte chunk (even: turbo blocks are 26/18 bytes)
+static __device__ __forceinline__ int tq_row_off(const char * row) {
+    return (int) ((uintptr_t) row & 15);
+}
+
+// 16-byte chunks staged per row for a head slice of n bytes (it may start up to 14 bytes into
+// its first chunk), and the shared-memory row stride: an odd number of chunks, so that the
+// 8 rows one K fragment reads fall into different banks
+static constexpr __host__ __device__ int tq_chunks(const int n) { return (n + 14 + 15)/16; }
+static constexpr __host__ __device__ int tq_stride(const int n) { return 16*(tq_chunks(n) + (tq_chunks(n) % 2 == 0)); }
+
+// One warp copies ROWS rows (positions kbase.., clamped to k_max-1) of NBYTES bytes with 16-byte
+// cp.async of the aligned chunks that hold them: lane -> (row lane/C, chunk lane%C). Cache rows
+// are read whole from L2 (cg), a few bytes of the neighbouring heads included. The view's last
+// row (k_last) is copied in 4-byte words that overlap the slice, so nothing past the tensor is read.
+template <int ROWS, int NBYTES>
+static __device__ __forceinline__ void tq_stage_rows(uint8_t * dst, const char * src, const int64_t nb, const int kbase,
+                                                     const int k_max, const int k_last, const int lane) {
+    constexpr int C   = tq_chunks(NBYTES);
+    constexpr int S   = tq_stride(NBYTES);
+    constexpr int RPP = WARP_SIZE / C;
+    const int lr = lane / C;
+    const int c  = lane % C;
+    if (lr >= RPP) {
+        return;
+    }
+#pragma unroll
+    for (int r0 = 0; r0 < ROWS; r0 += RPP) {
+        const int r = r0 + lr;
+        if (r < ROWS) {
+            const int k = min(kbase + r, k_max - 1);
+            const char * row = src + int64_t(k)*nb;
+            const int o = tq_row_off(row);
+            const char * a = row - o + 16*c;
+            uint8_t * d = dst + r*S + 16*c;
+            if (16*c < o + NBYTES) {
+                if (k < k_last) {
+                    tq_cp_async_16(d, a);
+                } else {
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) {
+                        if (16*c + 4*i + 4 > o && 16*c + 4*i < o + NBYTES) {
+                            tq_cp_async_4(d + 4*i, a + 4*i);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+template <int D, ggml_type type_K, ggml_type type_V, int STAGES, int MINB, int MODE>
+__launch_bounds__(128, MINB)
+static __global__ void flash_attn_ext_mma_turbo(
+        const char * Q_ptr,
+        const char * K_ptr,
+        const char * V_ptr,
+        const char * mask_ptr,
+        const char * sinks_ptr,
+        const int  * KV_max_ptr,
+        float      * dst_ptr,
+        float2     * dst_meta_ptr,
+        const float scale,
+        const float max_bias,
+        const float m0,
+        const float m1,
+        const uint32_t n_head_log2,
+        const float logit_softcap,
+        const int32_t ne00, const uint3   ne01, const int32_t ne02, const int32_t ne03,
+                            const int32_t nb01, const int32_t nb02, const int32_t nb03,
+        const int32_t ne10, const int32_t ne11, const int32_t ne12, const int32_t ne13,
+                            const int32_t nb11, const int32_t nb12, const int64_t nb13,
+                            const int32_t nb21, const int32_t nb22, const int64_t nb23,
+                            const int32_t ne31, const int32_t ne32, const int32_t ne33,
+                            const int32_t nb31, const int32_t nb32, const int64_t nb33,
+        const tq_fattn_side side) {
+    ggml_cuda_pdl_lc();
+#if defined(FLASH_ATTN_AVAILABLE) && defined(AMPERE_MMA_AVAILABLE) && defined(CP_ASYNC_AVAILABLE)
+    constexpr int G      = 8;                 // Q heads per block (mma N)
+    constexpr int nwarps = 4;
+    constexpr int ROWS   = 32;                // positions per warp and iteration
+    constexpr int NB     = D/64;              // 64-value blocks per head row
+    constexpr int BK     = tq_mma_blk<type_K>::bytes;
+    constexpr int BV     = tq_mma_blk<type_V>::bytes;
+    constexpr bool HK    = tq_mma_blk<type_K>::hi;
+    constexpr bool HV    = tq_mma_blk<type_V>::hi;
+    constexpr int SK     = tq_stride(NB*BK);  // staged row strides (bytes)
+    constexpr int SV     = tq_stride(NB*BV);
+    constexpr int STAGE_BYTES = ROWS*(SK + SV);
+    static_assert(D % 64 == 0 && D <= 256, "head size");
+
+    extern __shared__ __align__(16) uint8_t smem[];   // staging, then the warps' outputs (tq_mma_smem_bytes)
+    __shared__ float2 meta_s[nwarps][G];
+    __shared__ int side_cells[TQ_FATTN_SIDE_MAX];
+
+    const int lane = threadIdx.x;
+    const int warp = threadIdx.y;
+    const int g    = lane / 4;                // head row of S / V dim row of Oᵀ
+    const int u    = lane % 4;
+
+    const int ic0       = blockIdx.x;
+    const int gqa_ratio = ne02 / ne12;
+    const int ntiles_z  = (gqa_ratio + G - 1) / G;
+    const int zt        = blockIdx.z % ntiles_z;
+    const int kv_head   = (blockIdx.z / ntiles_z) % ne12;
+    const int sequence  = blockIdx.z / (ntiles_z*ne12);
+    const int head0     = kv_head*gqa_ratio + zt*G;
+    const int nh        = min(G, gqa_ratio - zt*G);
+
+    const char * Kh = K_ptr + nb13*sequence + int64_t(nb12)*kv_head;
+    const char * Vh = V_ptr + nb23*sequence + int64_t(nb22)*kv_head;
+    const half * maskh = mask_ptr ? (const half *) (mask_ptr + nb33*(sequence % ne33) + int64_t(nb31)*ic0) : nullptr;
+    const float slope = g < nh ? get_alibi_slope(max_bias, head0 + g, n_head_log2, m0, m1) : 1.0f;
+
+    const tq_cb16 tk = tq_cb16_load<type_K>();
+    const tq_cb16 tv = tq_cb16_load<type_V>();
+
+    // Q of head g as A fragments: dims 16ks + 2u (+1) and 16ks + 2u + 8 (+9), times scale
+    uint32_t qa[D/16][2];
+    ggml_cuda_pdl_sync();
+    {
+        const float * Qg = (const float *) (Q_ptr + nb03*sequence + int64_t(nb02)*(head0 + min(g, nh - 1)) + int64_t(nb01)*ic0);
+#pragma unroll
+        for (int ks = 0; ks < D/16; ++ks) {
+            const int i = 16*ks + 2*u;
+            qa[ks][0] = g < nh ? tq_pack_h2(Qg[i    ]*scale, Qg[i + 1]*scale) : 0u;
+            qa[ks][1] = g < nh ? tq_pack_h2(Qg[i + 8]*scale, Qg[i + 9]*scale) : 0u;
+        }
+    }
+
+    const int n_side = side.k ? side.n_slot : 0;
+    for (int j = warp*WARP_SIZE + lane; j < n_side; j += nwarps*WARP_SIZE) {
+        side_cells[j] = side.cells[sequence*n_side + j];
+    }
+    __syncthreads();
+
+    const int k_max = KV_max_ptr ? min(KV_max_ptr[sequence*gridDim.x + blockIdx.x], ne11) : ne11;
+
+    int side_lo = 0x7fffffff;
+    int side_hi = -1;
+    for (int j = 0; j < n_side; ++j) {
+        const int c = side_cells[j];
+        if (c >= 0) {
+            side_lo = min(side_lo, c);
+            side_hi = max(side_hi, c);
+        }
+    }
+
+    // the rows' offsets within their first chunk are uniform when the row stride is a multiple of 16
+    const bool k_uni = (nb11 & 15) == 0;
+    const bool v_uni = (nb21 & 15) == 0;
+    const int  ok0   = tq_row_off(Kh);
+    const int  ov0   = tq_row_off(Vh);
+    auto k_off = [&](const int k) { return k_uni ? ok0 : tq_row_off(Kh + int64_t(min(k, k_max - 1))*nb11); };
+    auto v_off = [&](const int k) { return v_uni ? ov0 : tq_row_off(Vh + int64_t(min(k, k_max - 1))*nb21); };
+
+    float M = -FLT_MAX/2.0f;   // running max of head g (same in the 4 lanes of g)
+    float L = 0.0f;            // this lane's part of the running sum of head g
+    float O[D/16][4];          // Oᵀ: dims 16mt + g (+8) x heads 2u, 2u+1
+#pragma unroll
+    for (int mt = 0; mt < D/16; ++mt) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            O[mt][i] = 0.0f;
+        }
+    }
+
+    // scores -> softmax state; sc becomes P of head g at the lane's N positions
+    auto softmax = [&](auto & sc) {
+        constexpr int N = sizeof(sc)/sizeof(sc[0]);
+        float mt = sc[0];
+#pragma unroll
+        for (int i = 1; i < N; ++i) {
+            mt = fmaxf(mt, sc[i]);
+        }
+        mt = fmaxf(mt, __shfl_xor_sync(0xFFFFFFFF, mt, 1, WARP_SIZE));
+        mt = fmaxf(mt, __shfl_xor_sync(0xFFFFFFFF, mt, 2, WARP_SIZE));
+        const float mnew = fmaxf(M, mt);
+        const float scl  = expf(M - mnew);
+        M = mnew;
+        float ls = 0.0f;
+#pragma unroll
+        for (int i = 0; i < N; ++i) {
+            sc[i] = expf(sc[i] - M);
+            ls += sc[i];
+        }
+        L = L*scl + ls;
+        const float sa = __shfl_sync(0xFFFFFFFF, scl, (2*u    )*4, WARP_SIZE);
+        const float sb = __shfl_sync(0xFFFFFFFF, scl, (2*u + 1)*4, WARP_SIZE);
+#pragma unroll
+        for (int mt2 = 0; mt2 < D/16; ++mt2) {
+            O[mt2][0] *= sa; O[mt2][1] *= sb; O[mt2][2] *= sa; O[mt2][3] *= sb;
+        }
+    };
+
+    // softcap, mask value mk, bounds of position kp for head g
+    auto finish_score = [&](const float s, const int kp, const float mk) {
+        float x = s;
+        if (logit_softcap != 0.0f) {
+            x = logit_softcap*tanhf(x);
+        }
+        x += slope*mk;
+        return kp < k_max ? x : -INFINITY;
+    };
+
+    // ---- the warp's 32 staged rows (positions kp0..): S for 4 tiles of 8, one softmax step,
+    // then Oᵀ over 2 steps of 16; mk: mask values of the lane's 8 scores
+    auto cache_tile = [&](const uint8_t * sk, const uint8_t * sv, const int kp0, const float (&mk)[8]) {
+        float sc[8];
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+            const uint8_t * rowb = sk + (8*nt + g)*SK + k_off(kp0 + 8*nt + g);
+            const int kc = kp0 + 8*nt + 2*u;
+            const uint8_t * rc0 = sk + (8*nt + 2*u    )*SK + k_off(kc);
+            const uint8_t * rc1 = sk + (8*nt + 2*u + 1)*SK + k_off(kc + 1);
+            float s0 = 0.0f;
+            float s1 = 0.0f;
+#pragma unroll
+            for (int b = 0; b < NB; ++b) {
+                const uint8_t * blk = rowb + b*BK;
+                const uint32_t X = tq_lds_u16(blk + 2 + 2*u) | (tq_lds_u16(blk + 2 + 2*u + 8) << 16);
+                uint32_t H = 0;
+                if constexpr (HK) {
+                    const uint32_t h16 = tq_lds_u16(blk + 18 + 2*u);
+                    H = h16 | ((h16 << 15) & 0xFFFF0000u);
+                }
+                float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                uint32_t b0, b1;
+                tq_lookup4(tq_idx<HK, 0>(X, H), tk, b0, b1); tq_mma_16816(c, qa[4*b + 0][0], 0u, qa[4*b + 0][1], 0u, b0, b1);
+                tq_lookup4(tq_idx<HK, 1>(X, H), tk, b0, b1); tq_mma_16816(c, qa[4*b + 1][0], 0u, qa[4*b + 1][1], 0u, b0, b1);
+                tq_lookup4(tq_idx<HK, 2>(X, H), tk, b0, b1); tq_mma_16816(c, qa[4*b + 2][0], 0u, qa[4*b + 2][1], 0u, b0, b1);
+                tq_lookup4(tq_idx<HK, 3>(X, H), tk, b0, b1); tq_mma_16816(c, qa[4*b + 3][0], 0u, qa[4*b + 3][1], 0u, b0, b1);
+                s0 += __half2float(*(const half *) (rc0 + b*BK))*c[0];
+                s1 += __half2float(*(const half *) (rc1 + b*BK))*c[1];
+            }
+            sc[2*nt + 0] = finish_score(s0, kc,     mk[2*nt + 0]);
+            sc[2*nt + 1] = finish_score(s1, kc + 1, mk[2*nt + 1]);
+        }
+        if (n_side > 0 && kp0 + 32 > side_lo && kp0 <= side_hi) {
+#pragma unroll
+            for (int i = 0; i < 8; ++i) {
+                const int kp = kp0 + 8*(i/2) + 2*u + i%2;
+                for (int j = 0; j < n_side; ++j) {
+                    sc[i] = side_cells[j] == kp ? -INFINITY : sc[i];
+                }
+            }
+        }
+        softmax(sc);
+
+#pragma unroll
+        for (int t = 0; t < 2; ++t) {
+        const int t0 = 16*t;
+        const int kt = kp0 + 16*t;
+        // Oᵀ += Vᵀ Pᵀ over rows 2u, 2u+1 (pair A) and 2u+8, 2u+9 (pair B) of the tile. Rows g and
+        // g+8 of m-tile mt are dims 16mt + 2g and 16mt + 2g + 1 (a permutation of the dims, undone
+        // when the outputs are stored), so a row's two dims sit in adjacent qs and qh bytes.
+        const int ra = t0 + 2*u;
+        const uint8_t * va0 = sv + (ra    )*SV + v_off(kt + 2*u);
+        const uint8_t * va1 = sv + (ra + 1)*SV + v_off(kt + 2*u + 1);
+        const uint8_t * vb0 = sv + (ra + 8)*SV + v_off(kt + 2*u + 8);
+        const uint8_t * vb1 = sv + (ra + 9)*SV + v_off(kt + 2*u + 9);
+        const int qo = 2 + 2*g;                // qs bytes 2g, 2g+1
+        const int ho = 18 + (2*g) % 8;         // qh bytes of dims 2g, 2g+1 ...
+        const int hs = g >= 4;                 // ... at bit 2s + hs
+#pragma unroll
+        for (int b = 0; b < NB; ++b) {
+            const int bo = b*BV;
+            const uint32_t pb0 = tq_pack_h2(sc[4*t + 0]*__half2float(*(const half *) (va0 + bo)), sc[4*t + 1]*__half2float(*(const half *) (va1 + bo)));
+            const uint32_t pb1 = tq_pack_h2(sc[4*t + 2]*__half2float(*(const half *) (vb0 + bo)), sc[4*t + 3]*__half2float(*(const half *) (vb1 + bo)));
+            // bytes [(p0, j), (p1, j), (p0, j+1), (p1, j+1)] for j = 16s + 2g
+            const uint32_t XA = __byte_perm(tq_lds_u16(va0 + bo + qo), tq_lds_u16(va1 + bo + qo), 0x5140);
+            const uint32_t XB = __byte_perm(tq_lds_u16(vb0 + bo + qo), tq_lds_u16(vb1 + bo + qo), 0x5140);
+            uint32_t HA = 0;
+            uint32_t HB = 0;
+            if constexpr (HV) {
+                HA = __byte_perm(tq_lds_u16(va0 + bo + ho), tq_lds_u16(va1 + bo + ho), 0x5140) >> hs;
+                HB = __byte_perm(tq_lds_u16(vb0 + bo + ho), tq_lds_u16(vb1 + bo + ho), 0x5140) >> hs;
+            }
+            uint32_t a0, a1, a2, a3;
+            tq_lookup4(tq_idx<HV, 0>(XA, HA), tv, a0, a1); tq_lookup4(tq_idx<HV, 0>(XB, HB), tv, a2, a3); tq_mma_16816(O[4*b + 0], a0, a1, a2, a3, pb0, pb1);
+            tq_lookup4(tq_idx<HV, 1>(XA, HA), tv, a0, a1); tq_lookup4(tq_idx<HV, 1>(XB, HB), tv, a2, a3); tq_mma_16816(O[4*b + 1], a0, a1, a2, a3, pb0, pb1);
+            tq_lookup4(tq_idx<HV, 2>(XA, HA), tv, a0, a1); tq_lookup4(tq_idx<HV, 2>(XB, HB), tv, a2, a3); tq_mma_16816(O[4*b + 2], a0, a1, a2, a3, pb0, pb1);
+            tq_lookup4(tq_idx<HV, 3>(XA, HA), tv, a0, a1); tq_lookup4(tq_idx<HV, 3>(XB, HB), tv, a2, a3); tq_mma_16816(O[4*b + 3], a0, a1, a2, a3, pb0, pb1);
+        }
+        }
+    };
+
+    // ---- main loop: each warp stages and processes 32 positions per iteration
+    // STAGES-deep ring per warp: iteration i lives in stage i % STAGES; STAGES-1 iterations
+    // are in flight while one is computed (one commit group per iteration, empty past the end)
+    uint8_t * stage0 = smem + warp*STAGES*STAGE_BYTES;
+    const int kstep = gridDim.y*nwarps*ROWS;
+    auto issue = [&](const int k0i, const int st) {
+        if (MODE != 2 && k0i < k_max) {
+            uint8_t * sk = stage0 + st*STAGE_BYTES;
+            tq_stage_rows<ROWS, NB*BK>(sk,           Kh, nb11, k0i + warp*ROWS, k_max, ne11 - 1, lane);
+            tq_stage_rows<ROWS, NB*BV>(sk + ROWS*SK, Vh, nb21, k0i + warp*ROWS, k_max, ne11 - 1, lane);
+        }
+        tq_cp_async_commit();
+    };
+
+    const int kfirst = blockIdx.y*nwarps*ROWS;
+#pragma unroll
+    for (int i = 0; i < STAGES - 1; ++i) {
+        issue(kfirst + i*kstep, i);
+    }
+
+    // the sink store first: its global loads overlap the rows already in flight
+    // ---- sink store: 16 slots per tile, exact f16 rows from global memory, first parallel block
+    if (n_side > 0 && blockIdx.y == 0) {
+        const char * Ks = side.k + sequence*side.nbk3 + int64_t(kv_head)*side.nbk2;
+        const char * Vs = side.v + sequence*side.nbv3 + int64_t(kv_head)*side.nbv2;
+        for (int j0 = 16*warp; j0 < n_side; j0 += 16*nwarps) {
+            float sc[4];
+#pragma unroll
+            for (int nt = 0; nt < 2; ++nt) {
+                const int jr = min(j0 + 8*nt + g, n_side - 1);
+                const half * kr = (const half *) (Ks + int64_t(jr)*side.nbk1);
+                float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+                for (int ks = 0; ks < D/16; ++ks) {
+                    const uint32_t b0 = *(const uint32_t *) (kr + 16*ks + 2*u);
+                    const uint32_t b1 = *(const uint32_t *) (kr + 16*ks + 2*u + 8);
+                    tq_mma_16816(c, qa[ks][0], 0u, qa[ks][1], 0u, b0, b1);
+                }
+#pragma unroll
+                for (int i = 0; i < 2; ++i) {
+                    const int j    = j0 + 8*nt + 2*u + i;
+                    const int cell = j < n_side ? side_cells[j] : -1;
+                    const bool ok  = cell >= 0 && cell < k_max;
+                    sc[2*nt + i] = ok ? finish_score(c[i], cell, maskh ? __half2float(maskh[cell]) : 0.0f) : -INFINITY;
+                }
+            }
+            softmax(sc);
+            const uint32_t pb0 = tq_pack_h2(sc[0], sc[1]);
+            const uint32_t pb1 = tq_pack_h2(sc[2], sc[3]);
+            const half * v0 = (const half *) (Vs + int64_t(min(j0 + 2*u,     n_side - 1))*side.nbv1);
+            const half * v1 = (const half *) (Vs + int64_t(min(j0 + 2*u + 1, n_side - 1))*side.nbv1);
+            const half * v8 = (const half *) (Vs + int64_t(min(j0 + 2*u + 8, n_side - 1))*side.nbv1);
+            const half * v9 = (const half *) (Vs + int64_t(min(j0 + 2*u + 9, n_side - 1))*side.nbv1);
+#pragma unroll
+            for (int mt = 0; mt < D/16; ++mt) {
+                const int d = 16*mt + 2*g;   // rows g, g+8: dims d, d+1 (as in the cache tiles)
+                const uint32_t w0 = *(const uint32_t *) (v0 + d);
+                const uint32_t w1 = *(const uint32_t *) (v1 + d);
+                const uint32_t w8 = *(const uint32_t *) (v8 + d);
+                const uint32_t w9 = *(const uint32_t *) (v9 + d);
+                tq_mma_16816(O[mt], __byte_perm(w0, w1, 0x5410), __byte_perm(w0, w1, 0x7632),
+                                    __byte_perm(w8, w9, 0x5410), __byte_perm(w8, w9, 0x7632), pb0, pb1);
+            }
+        }
+    }
+
+    int st = 0;
+    for (int k0 = kfirst; k0 < k_max; k0 += kstep) {
+        issue(k0 + (STAGES - 1)*kstep, (st + STAGES - 1) % STAGES);
+        // mask values of the lane's 8 scores, loaded before waiting for the rows
+        float mk[8];
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            mk[i] = maskh ? __half2float(maskh[min(k0 + warp*ROWS + 8*(i/2) + 2*u + i%2, k_max - 1)]) : 0.0f;
+        }
+        tq_cp_async_wait<STAGES - 1>();
+        __syncwarp();
+        if constexpr (MODE != 1) {
+            const uint8_t * sk = stage0 + st*STAGE_BYTES;
+            cache_tile(sk, sk + ROWS*SK, k0 + warp*ROWS, mk);
+        }
+        __syncwarp();
+        st = (st + 1) % STAGES;
+    }
+    tq_cp_async_wait<0>();
+
+
+    // attention sinks: one warp takes them into its softmax state (as upstream)
+    if (sinks_ptr && blockIdx.y == 0 && warp == 0) {
+        const float sink = g < nh ? ((const float *) sinks_ptr)[head0 + g] : -FLT_MAX/2.0f;
+        const float mnew = fmaxf(M, sink);
+        const float scl  = expf(M - mnew);
+        M = mnew;
+        L = L*scl + (u == 0 ? expf(sink - M) : 0.0f);
+        const float sa = __shfl_sync(0xFFFFFFFF, scl, (2*u    )*4, WARP_SIZE);
+        const float sb = __shfl_sync(0xFFFFFFFF, scl, (2*u + 1)*4, WARP_SIZE);
+#pragma unroll
+        for (int mt = 0; mt < D/16; ++mt) {
+            O[mt][0] *= sa; O[mt][1] *= sb; O[mt][2] *= sa; O[mt][3] *= sb;
+        }
+    }
+
+    // ---- combine the warps (the staging buffers are reused)
+    L += __shfl_xor_sync(0xFFFFFFFF, L, 1, WARP_SIZE);
+    L += __shfl_xor_sync(0xFFFFFFFF, L, 2, WARP_SIZE);
+    __syncthreads();
+    float * VKQs = (float *) smem;   // [nwarps][G][D]
+#pragma unroll
+    for (int mt = 0; mt < D/16; ++mt) {
+        const int d = 16*mt + 2*g;
+        *(float2 *) &VKQs[(warp*G + 2*u    )*D + d] = make_float2(O[mt][0], O[mt][2]);
+        *(float2 *) &VKQs[(warp*G + 2*u + 1)*D + d] = make_float2(O[mt][1], O[mt][3]);
+    }
+    if (u == 0) {
+        meta_s[warp][g] = make_float2(M, L);
+    }
+    __syncthreads();
+
+    const int tid = warp*WARP_SIZE + lane;
+    for (int h = 0; h < nh; ++h) {
+        float kqmax = meta_s[0][h].x;
+#pragma unroll
+        for (int w = 1; w < nwarps; ++w) {
+            kqmax = fmaxf(kqmax, meta_s[w][h].x);
+        }
+        float wsc[nwarps];
+        float kqsum = 0.0f;
+#pragma unroll
+        for (int w = 0; w < nwarps; ++w) {
+            wsc[w] = expf(meta_s[w][h].x - kqmax);
+            kqsum += wsc[w]*meta_s[w][h].y;
+        }
+        const int64_t j_dst = (int64_t(sequence)*int(ne01.z) + ic0)*ne02 + head0 + h;
+#pragma unroll
+        for (int i0 = 0; i0 < D; i0 += nwarps*WARP_SIZE) {
+            const int i = i0 + tid;
+            if (i0 + nwarps*WARP_SIZE <= D || i < D) {
+                float val = 0.0f;
+#pragma unroll
+                for (int w = 0; w < nwarps; ++w) {
+                    val += wsc[w]*VKQs[(w*G + h)*D + i];
+                }
+                if (gridDim.y == 1) {
+                    val /= kqsum;
+                }
+                dst_ptr[(j_dst*gridDim.y + blockIdx.y)*D + i] = val;
+            }
+        }
+        if (gridDim.y != 1 && tid == 0) {
+            dst_meta_ptr[j_dst*gridDim.y + blockIdx.y] = make_float2(kqmax, kqsum);
+        }
+    }
+#else
+    GGML_UNUSED_VARS(Q_ptr, K_ptr, V_ptr, mask_ptr, sinks_ptr, KV_max_ptr, dst_ptr, dst_meta_ptr, scale, side,
+        max_bias, m0, m1, n_head_log2, logit_softcap,
+        ne00, ne01, ne02, ne03,
+              nb01, nb02, nb03,
+        ne10, ne11, ne12, ne13,
+              nb11, nb12, nb13,
+              nb21, nb22, nb23,
+              ne31, ne32, ne33,
+              nb31, nb32, nb33);
+    NO_DEVICE_CODE;
+#endif // FLASH_ATTN_AVAILABLE && AMPERE_MMA_AVAILABLE && CP_ASYNC_AVAILABLE
+}
+
+// TQ_FA_TURBO_MMA=0 keeps turbo x turbo decode on the vector kernel (for comparisons).
+static bool tq_fattn_mma_enabled() {
+    static const bool on = [] {
+        const char * e = getenv("TQ_FA_TURBO_MMA");
+        return !(e && e[0] == '0');
+    }();
+    return on;
+}
+
+// dynamic shared memory: the warps' staging rings, reused for their outputs at the end
+template <int D, ggml_type type_K, ggml_type type_V, int STAGES>
+static constexpr size_t tq_mma_smem_bytes() {
+    constexpr int NB = D/64;
+    constexpr int SK = tq_stride(NB*tq_mma_blk<type_K>::bytes);
+    constexpr int SV = tq_stride(NB*tq_mma_blk<type_V>::bytes);
+    constexpr size_t stage = size_t(4*STAGES*32*(SK + SV));
+    constexpr size_t comb  = size_t(4*8*D*sizeof(float));
+    return stage > comb ? stage : comb;
+}
+
+template <int D, ggml_type type_K, ggml_type type_V, int STAGES, int MINB, int MODE>
+static void ggml_cuda_flash_attn_ext_mma_turbo_launch(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
+    constexpr int nwarps = 4;
+    constexpr size_t nbytes = tq_mma_smem_bytes<D, type_K, type_V, STAGES>();
+    GGML_ASSERT((!dst->src[5] || dst->src[5]->ne[1] <= TQ_FATTN_SIDE_MAX) && "sink store larger than the decode kernel takes");
+    tq_fattn_kernel_t kernel = flash_attn_ext_mma_turbo<D, type_K, type_V, STAGES, MINB, MODE>;
+    CUDA_SET_SHARED_MEMORY_LIMIT((const void *) kernel, nbytes);
+    launch_fattn<D, 1, 8>(ctx, dst, nullptr, nwarps, nbytes, nwarps*32, false, false, false, false, WARP_SIZE, kernel);
+}
+
+// TQ_FA_TURBO_PROBE=loads|compute (measurements only, head 128 turbo3/turbo3): run the kernel
+// with its cache-row loads but no decode/math, or the math on whatever the staging buffers hold
+// (wrong results): what each half costs alone (docs/results/cuda.md)
+static int tq_mma_probe() {
+    static const int v = [] {
+        const char * e = getenv("TQ_FA_TURBO_PROBE");
+        return !e ? 0 : strcmp(e, "loads") == 0 ? 1 : strcmp(e, "compute") == 0 ? 2 : 0;
+    }();
+    return v;
+}
+
+template <int D, ggml_type type_K, ggml_type type_V>
+static void ggml_cuda_flash_attn_ext_mma_turbo(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
+    if constexpr (D == 128 && type_K == GGML_TYPE_TURBO3 && type_V == GGML_TYPE_TURBO3) {
+        switch (tq_mma_probe()) {
+            case 1: ggml_cuda_flash_attn_ext_mma_turbo_launch<D, type_K, type_V, 2, 2, 1>(ctx, dst); return;
+            case 2: ggml_cuda_flash_attn_ext_mma_turbo_launch<D, type_K, type_V, 2, 2, 2>(ctx, dst); return;
+            default: break;
+        }
+    }
+    ggml_cuda_flash_attn_ext_mma_turbo_launch<D, type_K, type_V, 2, 2, 0>(ctx, dst);
+}

@@ -11,6 +11,10 @@ measured in this same run. Writes Markdown and JSON next to --out.
     python scripts/gpu_speed.py [--shape llama-8b] [--depths 0,8192,32768]
         [--prompt 2048] [--gen 128] [--reps 3] [--caches f16,q8_0,q4_0,turbo3,turbo2,q8_0/turbo3]
         [--cuda-arch ARCH] [--src-pack PACK] [--no-build] [-o docs/results/gpu-speed]
+        [--sinks | --vector] [--calibrated]
+
+--sinks and --vector add rows measured in A B B A order against the default ones (sink
+store off; the vector decode kernel instead of the tensor-core one) and a ratio table.
 
 The build targets the GPU's own compute capability and compiles a FlashAttention
 vector kernel for every K/V pair asked for (on top of the series' default list).
@@ -58,9 +62,27 @@ DEFAULT_FA = ["q4_0-q4_0", "q8_0-q8_0", "f16-f16", "bf16-bf16", "turbo3-turbo3",
               "turbo3-turbo2", "q8_0-turbo3", "q8_0-turbo2", "f16-turbo3"]
 
 
+# same-run A/B options: extra rows 'K/V<suffix>' run with env, in A B B A order against the
+# default rows; which caches get them; the JSON key and the Markdown heading of the ratio table
+AB = {
+    "sinks":  {"suffix": "-nosink", "env": {"LLAMA_TURBO_SINKS": "0"}, "key": "sink_on_over_off",
+               "ratio": "on / off", "for": lambda k, v: "turbo" in k or "turbo" in v,
+               "title": "Sink store cost: tok/s with the store over tok/s without it, same run:",
+               "note": "Turbo rows keep each sequence's first cells exact (the default sink store); `-nosink` rows "
+                       "run with `LLAMA_TURBO_SINKS=0`. Both are the mean of two runs in A B B A order."},
+    "vector": {"suffix": "-vec", "env": {"TQ_FA_TURBO_MMA": "0"}, "key": "mma_over_vector",
+               "ratio": "tensor-core / vector", "for": lambda k, v: "turbo" in k and "turbo" in v,
+               "title": "Decode kernel: tok/s with the tensor-core kernel over tok/s with the vector kernel, same run:",
+               "note": "`-vec` rows decode turbo K + turbo V with the vector kernel (`TQ_FA_TURBO_MMA=0`); the other "
+                       "turbo rows with the tensor-core kernel. Both are the mean of two runs in A B B A order."},
+}
+
+
 def base_type(v: str) -> str:
-    """The cache type of a table column ('turbo3+cal', 'turbo3-nosink' -> 'turbo3')."""
-    return v.removesuffix("+cal").removesuffix("-nosink")
+    """The cache type of a table column ('turbo3+cal', 'turbo3-nosink', 'turbo3-vec' -> 'turbo3')."""
+    for suffix in ["+cal"] + [o["suffix"] for o in AB.values()]:
+        v = v.removesuffix(suffix)
+    return v
 
 
 def fa_quants(caches: list[list[str]]) -> str:
@@ -125,6 +147,9 @@ def main() -> int:
     ap.add_argument("--sinks", action="store_true",
                     help="also run every turbo cache without its sink store (LLAMA_TURBO_SINKS=0); "
                          "on/off alternate (A B B A) and each row is the mean of its two runs")
+    ap.add_argument("--vector", action="store_true",
+                    help="also run every turbo K + turbo V cache with the vector decode kernel (TQ_FA_TURBO_MMA=0); "
+                         "A B B A as --sinks, rows 'K/V-vec' and a ratio table")
     ap.add_argument("-o", "--out", default=str(ROOT / "docs" / "results" / "gpu-speed"))
     args = ap.parse_args()
 
@@ -133,6 +158,9 @@ def main() -> int:
         shp = synthmodel.shape(args.shape)
     except ValueError as e:
         ap.error(str(e))
+    ab = [name for name in AB if getattr(args, name)]
+    if len(ab) > 1:
+        ap.error("--sinks and --vector each compare against the default rows: use one per run")
     caches = [(c.split("/") + c.split("/"))[:2] for c in args.caches.split(",")]
     for k, v in caches:
         for t in (k, v):
@@ -162,27 +190,27 @@ def main() -> int:
     for k, v in caches:
         for row in bench(model, k, v, args):
             results[(f"{k}/{v}", row["test"], row["depth"])] = (row["tok_s"], row["tok_s_sd"])
-    if args.sinks:
-        # sink store on (the default) vs off, A B B A: the first A is the run above
-        for k, v in [c for c in caches if "turbo" in c[0] or "turbo" in c[1]]:
-            runs = {f"{k}/{v}": [{key[1:]: val for key, val in results.items() if key[0] == f"{k}/{v}"}],
-                    f"{k}/{v}-nosink": []}
-            for key, env in ((f"{k}/{v}-nosink", {"LLAMA_TURBO_SINKS": "0"}), (f"{k}/{v}-nosink", {"LLAMA_TURBO_SINKS": "0"}),
-                             (f"{k}/{v}", None)):
+    for name in ab:
+        # default (A) vs the option (B), A B B A: the first A is the run above
+        o = AB[name]
+        for k, v in [c for c in caches if o["for"](*c)]:
+            alt = f"{k}/{v}{o['suffix']}"
+            runs = {f"{k}/{v}": [{key[1:]: val for key, val in results.items() if key[0] == f"{k}/{v}"}], alt: []}
+            for key, env in ((alt, o["env"]), (alt, o["env"]), (f"{k}/{v}", None)):
                 runs[key].append({(row["test"], row["depth"]): (row["tok_s"], row["tok_s_sd"])
                                   for row in bench(model, k, v, args, env=env)})
             for key, rs in runs.items():
                 for td in rs[0]:
                     vals = [r[td] for r in rs if td in r]
                     results[(key, *td)] = (sum(x[0] for x in vals) / len(vals), sum(x[1] for x in vals) / len(vals))
-            caches.append([k, v + "-nosink"])
+            caches.append([k, v + o["suffix"]])
     if args.calibrated:
         # speed depends on shapes only: the default rotation written as a calibration
         from tq_gguf.calib import fit, schema
         side = model.with_suffix(".calib.gguf")
         schema.write_sidecar(side, schema.Calibration("llama", shp.n_layer, fit.default_layers(
             shp.n_layer, shp.n_head_kv, shp.head_dim)))
-        for k, v in [c for c in caches if "turbo" in c[0] or "turbo" in c[1]]:
+        for k, v in [c for c in caches if ("turbo" in c[0] or "turbo" in c[1]) and base_type(c[1]) == c[1]]:
             for row in bench(model, k, v, args, env={"LLAMA_TURBO_CALIB": str(side)}):
                 results[(f"{k}/{v}+cal", row["test"], row["depth"])] = (row["tok_s"], row["tok_s_sd"])
             caches.append([k, v + "+cal"])
@@ -195,10 +223,9 @@ def main() -> int:
              f"llama-bench, `-ngl 99 -fa 1`, {args.reps} repetitions, build `{tools.active().get('tq_version')}`.",
              "", f"Command: `python scripts/gpu_speed.py --shape {args.shape} --depths {args.depths} "
              f"--prompt {args.prompt} --gen {args.gen} --reps {args.reps} --caches {args.caches}"
-             f"{' --sinks' if args.sinks else ''}{' --calibrated' if args.calibrated else ''}`", ""]
-    if args.sinks:
-        lines += ["Turbo rows keep each sequence's first cells exact (the default sink store); `-nosink` rows run "
-                  "with `LLAMA_TURBO_SINKS=0`. Both are the mean of two runs in A B B A order.", ""]
+             f"{''.join(f' --{name}' for name in ab)}{' --calibrated' if args.calibrated else ''}`", ""]
+    for name in ab:
+        lines += [AB[name]["note"], ""]
     lines += ["| cache K/V | bits | test | depth | tok/s | vs f16 | vs q8_0 |", "|---|---|---|---|---|---|---|"]
     out_rows = []
     for test in tests:
@@ -214,17 +241,17 @@ def main() -> int:
                 lines.append(f"| {key} | {bits:g} | {test} | {d} | {ts:.1f} ± {sd:.1f} | {r16:.2f} | {r8:.2f} |")
                 out_rows.append({"cache": key, "bits": bits, "test": test, "depth": d, "ts": ts, "sd": sd,
                                  "vs_f16": r16, "vs_q8_0": r8})
-    if args.sinks:
-        lines += ["", "Sink store cost: tok/s with the store over tok/s without it, same run:", "",
-                  "| cache K/V | test | depth | on / off |", "|---|---|---|---|"]
-        for k, v in [c for c in caches if c[1].endswith("-nosink")]:
+    for name in ab:
+        o = AB[name]
+        lines += ["", o["title"], "", f"| cache K/V | test | depth | {o['ratio']} |", "|---|---|---|---|"]
+        for k, v in [c for c in caches if c[1].endswith(o["suffix"])]:
             key = f"{k}/{base_type(v)}"
             for test in tests:
                 for d in depths:
-                    on, off = results.get((key, test, d)), results.get((f"{key}-nosink", test, d))
+                    on, off = results.get((key, test, d)), results.get((f"{key}{o['suffix']}", test, d))
                     if on and off:
                         lines.append(f"| {key} | {test} | {d} | {on[0] / off[0]:.3f} |")
-                        out_rows.append({"cache": key, "test": test, "depth": d, "sink_on_over_off": on[0] / off[0]})
+                        out_rows.append({"cache": key, "test": test, "depth": d, o["key"]: on[0] / off[0]})
     # bandwidth view of decode at the deepest depth: cache bytes read per token / time per token
     dmax = max(depths)
     lines += ["", f"Decode at depth {dmax}: KV-cache bytes read per token (all layers) and the rate "

@@ -90,6 +90,25 @@ def test_speed_script_sink_rows_on_cpu(built, tmp_path):
     assert "Sink store cost" in md and "LLAMA_TURBO_SINKS=0" in md and "--sinks" in md
 
 
+def test_speed_script_vector_rows_on_cpu(built, tmp_path):
+    # on a CPU build TQ_FA_TURBO_MMA changes nothing; what is checked is which caches get the
+    # A/B rows (turbo K and V only) and that the ratio table is computed from them
+    r = _speed(tmp_path, "--caches", "f16,turbo3,q8_0/turbo3", "--vector", "--depths", "64")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    rows = json.loads((tmp_path / "out" / "gpu-speed-cpu.json").read_text())["rows"]
+    assert {x["cache"] for x in rows if "ts" in x} == {"f16/f16", "turbo3/turbo3", "q8_0/turbo3", "turbo3/turbo3-vec"}
+    ratios = [x for x in rows if "mma_over_vector" in x]
+    assert {(x["cache"], x["test"]) for x in ratios} == {("turbo3/turbo3", t) for t in ("pp16", "tg4")}
+    for x in ratios:
+        mma = next(y["ts"] for y in rows if y["cache"] == "turbo3/turbo3" and y["test"] == x["test"])
+        vec = next(y["ts"] for y in rows if y["cache"] == "turbo3/turbo3-vec" and y["test"] == x["test"])
+        assert x["mma_over_vector"] == pytest.approx(mma / vec)
+    md = (tmp_path / "out" / "gpu-speed-cpu.md").read_text()
+    assert "TQ_FA_TURBO_MMA=0" in md and "--vector" in md and "| tensor-core / vector |" in md
+    r = _speed(tmp_path, "--caches", "turbo3", "--vector", "--sinks")
+    assert r.returncode == 2 and "one per run" in r.stderr
+
+
 def test_speed_script_rejects_unknown_cache_and_shape(tmp_path):
     r = _speed(tmp_path, "--caches", "f16,turbo9")
     assert r.returncode == 2 and "unknown cache type 'turbo9'" in r.stderr

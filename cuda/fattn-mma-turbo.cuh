@@ -21,7 +21,8 @@
 //              the S fragment of two 8-position tiles is exactly the Pᵀ fragment.
 //   Block scales: K's per-block scale multiplies S per 64-value block, V's multiplies Pᵀ.
 // A fragment register holds values (j, j+1) of one row (K) or one dim of rows (p, p+1) (V);
-// both come from one 32-bit word of four 3-bit indices, see tq_lookup4.
+// both come from one 32-bit word of four 3-bit indices (turbo-frag.h, tested on the host
+// against the reference by tests/test_cuda_frag.py).
 // Each warp keeps its own softmax state; the warps and the parallel blocks combine as in
 // the vector kernel (same output layout). Sink store rows run through the same path from
 // global memory, in the first parallel block.
@@ -30,54 +31,22 @@
 #include "common.cuh"
 #include "fattn-common.cuh"
 #include "turbo.cuh"
+#include "turbo-frag.h"
 
 template <ggml_type type> struct tq_mma_blk;
 template <> struct tq_mma_blk<GGML_TYPE_TURBO3> { static constexpr int bytes = 26; static constexpr bool hi = true;  };
 template <> struct tq_mma_blk<GGML_TYPE_TURBO2> { static constexpr int bytes = 18; static constexpr bool hi = false; };
 
-// the codebook as f16 bit patterns split into low and high bytes (entries 0-3, 4-7)
-struct tq_cb16 {
-    uint32_t l0, l1, h0, h1;
-};
-
 template <ggml_type type>
 static __device__ __forceinline__ tq_cb16 tq_cb16_load() {
     constexpr int n = type == GGML_TYPE_TURBO3 ? 8 : 4;
     const float * cb = type == GGML_TYPE_TURBO3 ? kvalues_turbo3 : kvalues_turbo2;
-    uint32_t lo[2] = {0, 0};
-    uint32_t hi[2] = {0, 0};
+    uint16_t h[n];
 #pragma unroll
-    for (int i = 0; i < 8; ++i) {
-        const uint32_t h = __half_as_ushort(__float2half_rn(cb[i % n]));
-        lo[i/4] |= (h & 0xFF) << (8*(i % 4));
-        hi[i/4] |= (h >> 8)   << (8*(i % 4));
+    for (int i = 0; i < n; ++i) {
+        h[i] = __half_as_ushort(__float2half_rn(cb[i]));
     }
-    return {lo[0], lo[1], hi[0], hi[1]};
-}
-
-// idx: bytes [a0, a1, b0, b1], each a codebook index < 8 (other bits zero).
-// r0 = half2(cb[a0], cb[a1]), r1 = half2(cb[b0], cb[b1]).
-static __device__ __forceinline__ void tq_lookup4(const uint32_t idx, const tq_cb16 & t, uint32_t & r0, uint32_t & r1) {
-    const uint32_t sel = idx | (idx >> 12);          // nibbles a0, b0, a1, b1
-    const uint32_t lo  = __byte_perm(t.l0, t.l1, sel);
-    const uint32_t hi  = __byte_perm(t.h0, t.h1, sel);
-    r0 = __byte_perm(lo, hi, 0x6240);
-    r1 = __byte_perm(lo, hi, 0x7351);
-}
-
-// indices of slab s (values 16s + ...) from X (2-bit planes, 4 bytes) and H (high bits)
-template <bool hi, int s>
-static __device__ __forceinline__ uint32_t tq_idx(const uint32_t X, const uint32_t H) {
-    uint32_t idx = (X >> (2*s)) & 0x03030303u;
-    if constexpr (hi) {
-        const uint32_t h = s == 0 ? H << 2 : H >> (2*s - 2);
-        idx |= h & 0x04040404u;
-    }
-    return idx;
-}
-
-static __device__ __forceinline__ uint32_t tq_lds_u16(const uint8_t * p) {
-    return *(const uint16_t *) p;
+    return tq_cb16_pack(h, n);
 }
 
 static __device__ __forceinline__ uint32_t tq_pack_h2(const float a, const float b) {
@@ -350,12 +319,8 @@ static __global__ void flash_attn_ext_mma_turbo(
 #pragma unroll
             for (int b = 0; b < NB; ++b) {
                 const uint8_t * blk = rowb + b*BK;
-                const uint32_t X = tq_lds_u16(blk + 2 + 2*u) | (tq_lds_u16(blk + 2 + 2*u + 8) << 16);
-                uint32_t H = 0;
-                if constexpr (HK) {
-                    const uint32_t h16 = tq_lds_u16(blk + 18 + 2*u);
-                    H = h16 | ((h16 << 15) & 0xFFFF0000u);
-                }
+                uint32_t X, H;
+                tq_k_words<HK>(blk, u, X, H);
                 float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
                 uint32_t b0, b1;
                 tq_lookup4(tq_idx<HK, 0>(X, H), tk, b0, b1); tq_mma_16816(c, qa[4*b + 0][0], 0u, qa[4*b + 0][1], 0u, b0, b1);
@@ -391,23 +356,14 @@ static __global__ void flash_attn_ext_mma_turbo(
         const uint8_t * va1 = sv + (ra + 1)*SV + v_off(kt + 2*u + 1);
         const uint8_t * vb0 = sv + (ra + 8)*SV + v_off(kt + 2*u + 8);
         const uint8_t * vb1 = sv + (ra + 9)*SV + v_off(kt + 2*u + 9);
-        const int qo = 2 + 2*g;                // qs bytes 2g, 2g+1
-        const int ho = 18 + (2*g) % 8;         // qh bytes of dims 2g, 2g+1 ...
-        const int hs = g >= 4;                 // ... at bit 2s + hs
 #pragma unroll
         for (int b = 0; b < NB; ++b) {
             const int bo = b*BV;
             const uint32_t pb0 = tq_pack_h2(sc[4*t + 0]*__half2float(*(const half *) (va0 + bo)), sc[4*t + 1]*__half2float(*(const half *) (va1 + bo)));
             const uint32_t pb1 = tq_pack_h2(sc[4*t + 2]*__half2float(*(const half *) (vb0 + bo)), sc[4*t + 3]*__half2float(*(const half *) (vb1 + bo)));
-            // bytes [(p0, j), (p1, j), (p0, j+1), (p1, j+1)] for j = 16s + 2g
-            const uint32_t XA = __byte_perm(tq_lds_u16(va0 + bo + qo), tq_lds_u16(va1 + bo + qo), 0x5140);
-            const uint32_t XB = __byte_perm(tq_lds_u16(vb0 + bo + qo), tq_lds_u16(vb1 + bo + qo), 0x5140);
-            uint32_t HA = 0;
-            uint32_t HB = 0;
-            if constexpr (HV) {
-                HA = __byte_perm(tq_lds_u16(va0 + bo + ho), tq_lds_u16(va1 + bo + ho), 0x5140) >> hs;
-                HB = __byte_perm(tq_lds_u16(vb0 + bo + ho), tq_lds_u16(vb1 + bo + ho), 0x5140) >> hs;
-            }
+            uint32_t XA, HA, XB, HB;
+            tq_v_words<HV>(va0 + bo, va1 + bo, g, XA, HA);
+            tq_v_words<HV>(vb0 + bo, vb1 + bo, g, XB, HB);
             uint32_t a0, a1, a2, a3;
             tq_lookup4(tq_idx<HV, 0>(XA, HA), tv, a0, a1); tq_lookup4(tq_idx<HV, 0>(XB, HB), tv, a2, a3); tq_mma_16816(O[4*b + 0], a0, a1, a2, a3, pb0, pb1);
             tq_lookup4(tq_idx<HV, 1>(XA, HA), tv, a0, a1); tq_lookup4(tq_idx<HV, 1>(XB, HB), tv, a2, a3); tq_mma_16816(O[4*b + 1], a0, a1, a2, a3, pb0, pb1);

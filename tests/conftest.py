@@ -73,3 +73,23 @@ def demo_assets() -> None:
     missing = [str(f) for f in files if not f.exists()]
     assert not missing, f"not fetched: {missing}; run `tq-gguf assets` first"
     assert assets.smollm2(lambda m: None).exists()
+
+
+@pytest.fixture(scope="session")
+def host_lib(tmp_path_factory):
+    """build(source, name, *flags): a harness that includes CUDA-free headers of cuda/, built for
+    the host and loaded (the CUDA kernels' shared code checked without a GPU)."""
+    import ctypes
+    import subprocess
+    cxx = shutil.which("c++") or shutil.which("g++")
+    assert cxx, "a C++ compiler is needed (the README's requirements)"
+    cuda = Path(__file__).resolve().parent.parent / "cuda"
+
+    def build(source: str, name: str, *flags: str):
+        d = tmp_path_factory.mktemp(name)
+        (d / f"{name}.cpp").write_text(source)
+        lib = d / f"lib{name}.so"
+        subprocess.run([cxx, "-std=c++17", "-O2", *flags, "-shared", "-fPIC", f"-I{cuda}", str(d / f"{name}.cpp"),
+                        "-o", str(lib)], check=True, capture_output=True, text=True)
+        return ctypes.CDLL(str(lib))
+    return build

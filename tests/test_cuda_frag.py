@@ -7,16 +7,12 @@ whole kernel is covered by test-backend-ops (docs/results/cuda.md).
 """
 
 import ctypes
-import shutil
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tq_gguf import codebook, turbo
 
-ROOT = Path(__file__).resolve().parent.parent
 
 HARNESS = r"""
 #include "turbo-frag.h"
@@ -62,15 +58,8 @@ extern "C" void tq_frag_v(const uint8_t * blocks, long npairs, int levels, const
 
 
 @pytest.fixture(scope="module")
-def frag(tmp_path_factory):
-    cxx = shutil.which("c++") or shutil.which("g++")
-    assert cxx, "a C++ compiler is needed (the README's requirements)"
-    d = tmp_path_factory.mktemp("tqf")
-    (d / "h.cpp").write_text(HARNESS)
-    lib = d / "libtqf.so"
-    subprocess.run([cxx, "-std=c++17", "-O2", "-Wall", "-Werror", "-shared", "-fPIC", f"-I{ROOT / 'cuda'}",
-                    str(d / "h.cpp"), "-o", str(lib)], check=True, capture_output=True, text=True)
-    so = ctypes.CDLL(str(lib))
+def frag(host_lib):
+    so = host_lib(HARNESS, "tqf", "-Wall", "-Werror")
     for f in (so.tq_frag_k, so.tq_frag_v):
         f.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
     return so

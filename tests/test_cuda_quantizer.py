@@ -7,16 +7,12 @@ the GPU run of it is covered by test-backend-ops (docs/results/cuda.md).
 """
 
 import ctypes
-import shutil
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tq_gguf import codebook, rotation, turbo
 
-ROOT = Path(__file__).resolve().parent.parent
 
 HARNESS = r"""
 #include "turbo-quant.h"
@@ -31,15 +27,8 @@ extern "C" void tq_quantize_rows(const float * x, long nblocks, int levels, cons
 
 
 @pytest.fixture(scope="module")
-def host_quantizer(tmp_path_factory):
-    cxx = shutil.which("c++") or shutil.which("g++")
-    assert cxx, "a C++ compiler is needed (the README's requirements)"
-    d = tmp_path_factory.mktemp("tqq")
-    (d / "h.cpp").write_text(HARNESS)
-    lib = d / "libtqq.so"
-    subprocess.run([cxx, "-std=c++17", "-O2", "-ffp-contract=off", "-shared", "-fPIC", f"-I{ROOT / 'cuda'}",
-                    str(d / "h.cpp"), "-o", str(lib)], check=True, capture_output=True, text=True)
-    so = ctypes.CDLL(str(lib))
+def host_quantizer(host_lib):
+    so = host_lib(HARNESS, "tqq", "-ffp-contract=off")
     so.tq_quantize_rows.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
 
     def quantize(x: np.ndarray, t: str) -> np.ndarray:

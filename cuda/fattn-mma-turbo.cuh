@@ -113,7 +113,8 @@ static constexpr __host__ __device__ int tq_stride(const int n) { return 16*(tq_
 // One warp copies ROWS rows (positions kbase.., clamped to k_max-1) of NBYTES bytes with 16-byte
 // cp.async of the aligned chunks that hold them: lane -> (row lane/C, chunk lane%C). Cache rows
 // are read whole from L2 (cg), a few bytes of the neighbouring heads included. The view's last
-// row (k_last) is copied in 4-byte words that overlap the slice, so nothing past the tensor is read.
+// row (k_last) is copied apart, in 4-byte words that overlap the slice, so nothing past the tensor
+// is read (a loop of its own: unrolled with the rest it doubled the kernel's code).
 template <int ROWS, int NBYTES>
 static __device__ __forceinline__ void tq_stage_rows(uint8_t * dst, const char * src, const int64_t nb, const int kbase,
                                                      const int k_max, const int k_last, const int lane) {
@@ -122,28 +123,32 @@ static __device__ __forceinline__ void tq_stage_rows(uint8_t * dst, const char *
     constexpr int RPP = WARP_SIZE / C;
     const int lr = lane / C;
     const int c  = lane % C;
-    if (lr >= RPP) {
-        return;
-    }
+    if (lr < RPP) {
 #pragma unroll
-    for (int r0 = 0; r0 < ROWS; r0 += RPP) {
-        const int r = r0 + lr;
-        if (r < ROWS) {
+        for (int r0 = 0; r0 < ROWS; r0 += RPP) {
+            const int r = r0 + lr;
             const int k = min(kbase + r, k_max - 1);
+            if (r < ROWS && k < k_last) {
+                const char * row = src + int64_t(k)*nb;
+                const int o = tq_row_off(row);
+                if (16*c < o + NBYTES) {
+                    tq_cp_async_16(dst + r*S + 16*c, row - o + 16*c);
+                }
+            }
+        }
+    }
+    if (kbase + ROWS - 1 >= k_last) {
+#pragma unroll 1
+        for (int r = max(0, k_last - kbase); r < ROWS; ++r) {
+            const int k = min(kbase + r, k_max - 1);
+            if (k < k_last) {
+                continue;
+            }
             const char * row = src + int64_t(k)*nb;
             const int o = tq_row_off(row);
-            const char * a = row - o + 16*c;
-            uint8_t * d = dst + r*S + 16*c;
-            if (16*c < o + NBYTES) {
-                if (k < k_last) {
-                    tq_cp_async_16(d, a);
-                } else {
-#pragma unroll
-                    for (int i = 0; i < 4; ++i) {
-                        if (16*c + 4*i + 4 > o && 16*c + 4*i < o + NBYTES) {
-                            tq_cp_async_4(d + 4*i, a + 4*i);
-                        }
-                    }
+            for (int w = lane; w < 4*C; w += WARP_SIZE) {
+                if (4*w + 4 > o && 4*w < o + NBYTES) {
+                    tq_cp_async_4(dst + r*S + 4*w, row - o + 4*w);
                 }
             }
         }
@@ -177,6 +182,9 @@ static __global__ void flash_attn_ext_mma_turbo(
         const tq_fattn_side side) {
     ggml_cuda_pdl_lc();
 #if defined(FLASH_ATTN_AVAILABLE) && defined(AMPERE_MMA_AVAILABLE) && defined(CP_ASYNC_AVAILABLE)
+    if constexpr (MODE == 3) {
+        return;   // probe: no work at all
+    }
     constexpr int G      = 8;                 // Q heads per block (mma N)
     constexpr int nwarps = 4;
     constexpr int ROWS   = 32;                // positions per warp and iteration
@@ -219,7 +227,33 @@ static __global__ void flash_attn_ext_mma_turbo(
     // Q of head g as A fragments: dims 16ks + 2u (+1) and 16ks + 2u + 8 (+9), times scale
     uint32_t qa[D/16][2];
     ggml_cuda_pdl_sync();
-    {
+    if (side.q_rot) {
+        // Q unrotated (turbo-fuse.cu skipped the rotation node): warps rotate the heads' rows into
+        // shared memory first, with the rotation kernel's arithmetic
+        float * qr = (float *) smem;   // [G][D], before the staging ring is used
+#pragma unroll 1
+        for (int h = warp; h < G; h += nwarps) {
+            const float * Qh = (const float *) (Q_ptr + nb03*sequence + int64_t(nb02)*(head0 + min(h, nh - 1)) + int64_t(nb01)*ic0);
+            float reg[D/32];
+#pragma unroll
+            for (int i = 0; i < D/32; ++i) {
+                reg[i] = Qh[i*32 + lane];
+            }
+            tq_fwht_regs<D>(reg, side.q_rot, 1.0f/sqrtf((float) D), lane);
+#pragma unroll
+            for (int i = 0; i < D/32; ++i) {
+                qr[h*D + i*32 + lane] = reg[i];
+            }
+        }
+        __syncthreads();
+#pragma unroll
+        for (int ks = 0; ks < D/16; ++ks) {
+            const int i = 16*ks + 2*u;
+            qa[ks][0] = g < nh ? tq_pack_h2(qr[g*D + i    ]*scale, qr[g*D + i + 1]*scale) : 0u;
+            qa[ks][1] = g < nh ? tq_pack_h2(qr[g*D + i + 8]*scale, qr[g*D + i + 9]*scale) : 0u;
+        }
+        __syncthreads();
+    } else {
         const float * Qg = (const float *) (Q_ptr + nb03*sequence + int64_t(nb02)*(head0 + min(g, nh - 1)) + int64_t(nb01)*ic0);
 #pragma unroll
         for (int ks = 0; ks < D/16; ++ks) {
@@ -247,13 +281,11 @@ static __global__ void flash_attn_ext_mma_turbo(
         }
     }
 
-    // the rows' offsets within their first chunk are uniform when the row stride is a multiple of 16
-    const bool k_uni = (nb11 & 15) == 0;
-    const bool v_uni = (nb21 & 15) == 0;
-    const int  ok0   = tq_row_off(Kh);
-    const int  ov0   = tq_row_off(Vh);
-    auto k_off = [&](const int k) { return k_uni ? ok0 : tq_row_off(Kh + int64_t(min(k, k_max - 1))*nb11); };
-    auto v_off = [&](const int k) { return v_uni ? ov0 : tq_row_off(Vh + int64_t(min(k, k_max - 1))*nb21); };
+    // each row's offset within its first chunk (computed, not branched on: a branch on the row
+    // stride made the compiler keep two copies of the tile code, and at short context the kernel
+    // is bound by fetching its instructions)
+    auto k_off = [&](const int k) { return tq_row_off(Kh + int64_t(min(k, k_max - 1))*nb11); };
+    auto v_off = [&](const int k) { return tq_row_off(Vh + int64_t(min(k, k_max - 1))*nb21); };
 
     float M = -FLT_MAX/2.0f;   // running max of head g (same in the 4 lanes of g)
     float L = 0.0f;            // this lane's part of the running sum of head g
@@ -334,11 +366,13 @@ static __global__ void flash_attn_ext_mma_turbo(
             sc[2*nt + 1] = finish_score(s1, kc + 1, mk[2*nt + 1]);
         }
         if (n_side > 0 && kp0 + 32 > side_lo && kp0 <= side_hi) {
+            // replaced cells score -inf here (the sink store holds them exactly)
+#pragma unroll 1
+            for (int j = 0; j < n_side; ++j) {
+                const int off = side_cells[j] - kp0;
 #pragma unroll
-            for (int i = 0; i < 8; ++i) {
-                const int kp = kp0 + 8*(i/2) + 2*u + i%2;
-                for (int j = 0; j < n_side; ++j) {
-                    sc[i] = side_cells[j] == kp ? -INFINITY : sc[i];
+                for (int i = 0; i < 8; ++i) {
+                    sc[i] = off == 8*(i/2) + 2*u + i%2 ? -INFINITY : sc[i];
                 }
             }
         }
@@ -440,6 +474,7 @@ static __global__ void flash_attn_ext_mma_turbo(
     }
 
     int st = 0;
+#pragma unroll 1
     for (int k0 = kfirst; k0 < k_max; k0 += kstep) {
         issue(k0 + (STAGES - 1)*kstep, (st + STAGES - 1) % STAGES);
         // mask values of the lane's 8 scores, loaded before waiting for the rows
@@ -518,11 +553,34 @@ static __global__ void flash_attn_ext_mma_turbo(
                 if (gridDim.y == 1) {
                     val /= kqsum;
                 }
-                dst_ptr[(j_dst*gridDim.y + blockIdx.y)*D + i] = val;
+                if (side.o_rot) {
+                    VKQs[h*D + i] = val;   // warp 0's row of head h: read only by this thread above
+                } else {
+                    dst_ptr[(j_dst*gridDim.y + blockIdx.y)*D + i] = val;
+                }
             }
         }
         if (gridDim.y != 1 && tid == 0) {
             dst_meta_ptr[j_dst*gridDim.y + blockIdx.y] = make_float2(kqmax, kqsum);
+        }
+    }
+    if (side.o_rot) {
+        // R o for the rotation node turbo-fuse.cu skipped; R is linear, so the parallel blocks'
+        // partial outputs may be rotated before they are combined
+        __syncthreads();
+#pragma unroll 1
+        for (int h = warp; h < nh; h += nwarps) {
+            const int64_t j_dst = (int64_t(sequence)*int(ne01.z) + ic0)*ne02 + head0 + h;
+            float reg[D/32];
+#pragma unroll
+            for (int i = 0; i < D/32; ++i) {
+                reg[i] = VKQs[h*D + i*32 + lane];
+            }
+            tq_fwht_regs<D>(reg, side.o_rot, 1.0f/sqrtf((float) D), lane);
+#pragma unroll
+            for (int i = 0; i < D/32; ++i) {
+                dst_ptr[(j_dst*gridDim.y + blockIdx.y)*D + i*32 + lane] = reg[i];
+            }
         }
     }
 #else
@@ -539,14 +597,6 @@ static __global__ void flash_attn_ext_mma_turbo(
 #endif // FLASH_ATTN_AVAILABLE && AMPERE_MMA_AVAILABLE && CP_ASYNC_AVAILABLE
 }
 
-// TQ_FA_TURBO_MMA=0 keeps turbo x turbo decode on the vector kernel (for comparisons).
-static bool tq_fattn_mma_enabled() {
-    static const bool on = [] {
-        const char * e = getenv("TQ_FA_TURBO_MMA");
-        return !(e && e[0] == '0');
-    }();
-    return on;
-}
 
 // dynamic shared memory: the warps' staging rings, reused for their outputs at the end
 template <int D, ggml_type type_K, ggml_type type_V, int STAGES>
@@ -569,23 +619,41 @@ static void ggml_cuda_flash_attn_ext_mma_turbo_launch(ggml_backend_cuda_context 
     launch_fattn<D, 1, 8>(ctx, dst, nullptr, nwarps, nbytes, nwarps*32, false, false, false, false, WARP_SIZE, kernel);
 }
 
-// TQ_FA_TURBO_PROBE=loads|compute (measurements only, head 128 turbo3/turbo3): run the kernel
-// with its cache-row loads but no decode/math, or the math on whatever the staging buffers hold
-// (wrong results): what each half costs alone (docs/results/cuda.md)
+// TQ_FA_TURBO_PROBE=loads|compute|none (measurements only, head 128 turbo3/turbo3): run the kernel
+// with its cache-row loads but no decode/math, the math on whatever the staging buffers hold, or
+// nothing (wrong results): what each part costs (docs/results/cuda.md)
 static int tq_mma_probe() {
     static const int v = [] {
         const char * e = getenv("TQ_FA_TURBO_PROBE");
-        return !e ? 0 : strcmp(e, "loads") == 0 ? 1 : strcmp(e, "compute") == 0 ? 2 : 0;
+        return !e ? 0 : strcmp(e, "loads") == 0 ? 1 : strcmp(e, "compute") == 0 ? 2 : strcmp(e, "none") == 0 ? 3 : 0;
     }();
     return v;
+}
+
+// TQ_FA_TURBO_MMA=0 keeps turbo x turbo decode on the vector kernel (for comparisons).
+static bool tq_fattn_mma_enabled() {
+    static const bool on = [] {
+        const char * e = getenv("TQ_FA_TURBO_MMA");
+        return !(e && e[0] == '0');
+    }();
+    return on;
+}
+
+// whether turbo x turbo decode (batch <= 4) runs this kernel; only this kernel rotates Q and its
+// output itself (turbo-fuse.cu)
+static bool tq_fattn_mma_applies(const int cc, const ggml_type type_K, const ggml_type type_V) {
+    const bool turbo = (type_K == GGML_TYPE_TURBO3 || type_K == GGML_TYPE_TURBO2) &&
+                       (type_V == GGML_TYPE_TURBO3 || type_V == GGML_TYPE_TURBO2);
+    return turbo && tq_fattn_mma_enabled() && ampere_mma_available(cc) && cp_async_available(cc);
 }
 
 template <int D, ggml_type type_K, ggml_type type_V>
 static void ggml_cuda_flash_attn_ext_mma_turbo(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
     if constexpr (D == 128 && type_K == GGML_TYPE_TURBO3 && type_V == GGML_TYPE_TURBO3) {
-        switch (tq_mma_probe()) {
+        switch (tq_mma_probe()) {   // timing only: results are wrong anyway, rotations included
             case 1: ggml_cuda_flash_attn_ext_mma_turbo_launch<D, type_K, type_V, 2, 2, 1>(ctx, dst); return;
             case 2: ggml_cuda_flash_attn_ext_mma_turbo_launch<D, type_K, type_V, 2, 2, 2>(ctx, dst); return;
+            case 3: ggml_cuda_flash_attn_ext_mma_turbo_launch<D, type_K, type_V, 2, 2, 3>(ctx, dst); return;
             default: break;
         }
     }

@@ -11,6 +11,14 @@
 
 #include "common.cuh"
 
+#include <cstring>
+
+// op_params slots (int32 index, 8 bytes each) of a FLASH_ATTN_EXT copy that carry a rotation's
+// first row (its signs) when the tensor-core decode kernel rotates Q (R q) or its output (R o)
+// itself (turbo-fuse.cu); the graph's own nodes leave them zero
+#define TQ_FA_OP_Q_ROT 12
+#define TQ_FA_OP_O_ROT 14
+
 // most side rows per stream the turbo decode kernel takes (llama caps its store at this)
 #define TQ_FATTN_SIDE_MAX 256
 
@@ -21,10 +29,14 @@ struct tq_fattn_side {
     int32_t n_slot = 0;
     int32_t nbk1 = 0, nbk2 = 0; int64_t nbk3 = 0; // bytes per slot, head, stream
     int32_t nbv1 = 0, nbv2 = 0; int64_t nbv3 = 0;
+    const float * q_rot = nullptr;   // R's first row: rotate Q / the output (TQ_FA_OP_*)
+    const float * o_rot = nullptr;
 };
 
 static tq_fattn_side tq_fattn_side_get(const ggml_tensor * dst) {
     tq_fattn_side side;
+    memcpy(&side.q_rot, &dst->op_params[TQ_FA_OP_Q_ROT], sizeof(side.q_rot));
+    memcpy(&side.o_rot, &dst->op_params[TQ_FA_OP_O_ROT], sizeof(side.o_rot));
     const ggml_tensor * k = dst->src[5];
     const ggml_tensor * v = dst->src[6];
     const ggml_tensor * c = dst->src[7];

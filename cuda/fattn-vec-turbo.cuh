@@ -552,10 +552,14 @@ template <int D, ggml_type type_K, ggml_type type_V>
 void ggml_cuda_flash_attn_ext_vec_turbo_case(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
     if constexpr (tq_is_turbo(type_K) && tq_is_turbo(type_V)) {
         const int cc = ggml_cuda_info().devices[ggml_cuda_get_device()].cc;
-        if (tq_fattn_mma_enabled() && ampere_mma_available(cc) && cp_async_available(cc)) {
+        if (tq_fattn_mma_applies(cc, type_K, type_V)) {
             ggml_cuda_flash_attn_ext_mma_turbo<D, type_K, type_V>(ctx, dst);
             return;
         }
+    }
+    {
+        const tq_fattn_side side = tq_fattn_side_get(dst);
+        GGML_ASSERT(!side.q_rot && !side.o_rot && "rotation fused into a kernel that does not rotate");
     }
     const int gqa_ratio = dst->src[0]->ne[2] / dst->src[1]->ne[2];
     const int gmax = tq_fattn_turbo_gmax();

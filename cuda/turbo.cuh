@@ -29,6 +29,127 @@ static __device__ void cpy_blck_f32_turbo2(const char * cxi, char * cdsti) {
     quantize_f32_turbo2_block((const float *) cxi, (block_turbo2 *) cdsti);
 }
 
+// The randomized Hadamard R = D·H·D/sqrt(N) of one row by a warp, lane holding values i*32 + lane;
+// signs: R's first row (D up to a global sign). The arithmetic of fwht.cu's kernel, so the fused
+// paths (turbo-fuse.cu) give the same floats as the rotation node.
+template <int N>
+static __device__ __forceinline__ void tq_fwht_regs(float (&reg)[N/32], const float * __restrict__ signs, const float scale, const int lane) {
+    constexpr int el = N/32;
+    float sgn[el];
+#pragma unroll
+    for (int i = 0; i < el; ++i) {
+        reg[i] *= scale;
+        sgn[i] = signs[i*32 + lane] < 0.0f ? -1.0f : 1.0f;
+        reg[i] *= sgn[i];
+    }
+#pragma unroll
+    for (int h = 1; h < 32; h *= 2) {
+#pragma unroll
+        for (int j = 0; j < el; ++j) {
+            const float val  = reg[j];
+            const float val2 = __shfl_xor_sync(0xFFFFFFFF, val, h, 32);
+            reg[j] = (lane & h) == 0 ? val + val2 : val2 - val;
+        }
+    }
+#pragma unroll
+    for (int h = 32; h < N; h *= 2) {
+        const int step = h/32;
+#pragma unroll
+        for (int j = 0; j < el; j += 2*step) {
+#pragma unroll
+            for (int k = 0; k < step; ++k) {
+                const float x = reg[j + k];
+                const float y = reg[j + k + step];
+                reg[j + k]        = x + y;
+                reg[j + k + step] = x - y;
+            }
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < el; ++i) {
+        reg[i] *= sgn[i];
+    }
+}
+
+// The cache write by a warp: one 64-value block, value lane in x0 and value lane + 32 in x1 (every
+// lane calls it). Bit-exact with tq_quantize_block: each float64 sum runs in index order on every
+// lane (the terms arrive by shuffles), the indices and the scale are the same expressions.
+template <int levels>
+static __device__ __forceinline__ void tq_quantize_block_warp(const float x0, const float x1, const float * cb,
+                                                              uint16_t * __restrict__ y16, const int lane) {
+    auto seq_sum = [](const double a, const double b) {
+        double s = 0.0;
+#pragma unroll
+        for (int j = 0; j < 32; ++j) {
+            s = __dadd_rn(s, __shfl_sync(0xFFFFFFFF, a, j, 32));
+        }
+#pragma unroll
+        for (int j = 0; j < 32; ++j) {
+            s = __dadd_rn(s, __shfl_sync(0xFFFFFFFF, b, j, 32));
+        }
+        return s;
+    };
+    const double ss = seq_sum(__dmul_rn((double) x0, (double) x0), __dmul_rn((double) x1, (double) x1));
+    uint32_t q0 = levels/2;
+    uint32_t q1 = levels/2;
+    uint16_t d  = 0;   // fp16 +0
+    if (ss > 0.0) {
+        double cbd[levels];
+        double mid[levels - 1];
+#pragma unroll
+        for (int k = 0; k < levels; ++k) {
+            cbd[k] = (double) cb[k];
+        }
+#pragma unroll
+        for (int k = 0; k < levels - 1; ++k) {
+            mid[k] = __ddiv_rn(__dadd_rn(cbd[k], cbd[k + 1]), 2.0);
+        }
+        const double n   = __dsqrt_rn(ss);
+        const double inv = __ddiv_rn(8.0, n);
+        const double y0  = __dmul_rn((double) x0, inv);
+        const double y1  = __dmul_rn((double) x1, inv);
+        q0 = 0;
+        q1 = 0;
+#pragma unroll
+        for (int k = 0; k < levels - 1; ++k) {
+            q0 += y0 > mid[k];
+            q1 += y1 > mid[k];
+        }
+        double c0 = cbd[0];
+        double c1 = cbd[0];
+#pragma unroll
+        for (int k = 1; k < levels; ++k) {
+            c0 = q0 == (uint32_t) k ? cbd[k] : c0;
+            c1 = q1 == (uint32_t) k ? cbd[k] : c1;
+        }
+        const double rr = seq_sum(__dmul_rn(c0, c0), __dmul_rn(c1, c1));
+        float s = (float) __ddiv_rn(n, __dsqrt_rn(rr));
+        if (s > 65504.0f) {
+            s = 65504.0f;
+        }
+        d = __half_as_ushort(__float2half_rn(s));
+    }
+    // qs byte m (m < 16): values m, m+16, m+32, m+48 at bits 0, 2, 4, 6; lane m holds m and m+32
+    const uint32_t p  = (q0 & 3) | ((q1 & 3) << 4);
+    const uint32_t qs = p | (__shfl_down_sync(0xFFFFFFFF, p, 16, 32) << 2);
+    // qh byte m (m < 8): bit t from value m + 8t; lane l holds values l (t = l/8) and l + 32 (t = l/8 + 4)
+    uint32_t qh = (((q0 >> 2) & 1) << (lane/8)) | (((q1 >> 2) & 1) << (lane/8 + 4));
+    qh |= __shfl_down_sync(0xFFFFFFFF, qh, 16, 32);
+    qh |= __shfl_down_sync(0xFFFFFFFF, qh, 8, 32);
+    // 16-bit unit u of the block: 0 = d, 1..8 = qs bytes 2(u-1), 2(u-1)+1, 9..12 = qh bytes 2(u-9), 2(u-9)+1
+    const int sq = 2*max(0, min(lane - 1, 7));
+    const int sh = 2*max(0, min(lane - 9, 3));
+    const uint32_t qa = __shfl_sync(0xFFFFFFFF, qs, sq,     32);
+    const uint32_t qb = __shfl_sync(0xFFFFFFFF, qs, sq + 1, 32);
+    const uint32_t ha = __shfl_sync(0xFFFFFFFF, qh, sh,     32);
+    const uint32_t hb = __shfl_sync(0xFFFFFFFF, qh, sh + 1, 32);
+    const uint16_t v = lane == 0 ? d : lane <= 8 ? (uint16_t) ((qa & 0xFF) | ((qb & 0xFF) << 8))
+                                                 : (uint16_t) ((ha & 0xFF) | ((hb & 0xFF) << 8));
+    if (lane < (levels == 8 ? 13 : 9)) {
+        y16[lane] = v;
+    }
+}
+
 // f16 sources (CPY, SET_ROWS from an f16 tensor): widen the block, then the same quantizer
 template <typename block_t, void (*quantize)(const float *, block_t *)>
 static __device__ void cpy_blck_f16_turbo(const char * cxi, char * cdsti) {
@@ -65,6 +186,55 @@ static __device__ __forceinline__ void dequantize_turbo2(const void * vx, const 
     const int j0 = iqs, j1 = iqs + 32;
     v.x = d * kvalues_turbo2[(x->qs[j0 % 16] >> (2*(j0 / 16))) & 3];
     v.y = d * kvalues_turbo2[(x->qs[j1 % 16] >> (2*(j1 / 16))) & 3];
+}
+
+// turbo -> f16 of a contiguous range: the conversion before the tensor-core FlashAttention kernel
+// (prefill), which reads the whole cache once per layer and ubatch. 8 values per thread (qs bytes
+// 8(k%2).. for shift 2(k/2), qh bit k), one 16-byte store; the same values as dequantize_turbo3/2.
+template <int levels>
+static __global__ void tq_turbo_to_f16_cont(const uint16_t * __restrict__ x, half * __restrict__ y, const int64_t nblk) {
+    constexpr int U = levels == 8 ? 13 : 9;   // 16-bit units per block
+    const int64_t i  = (int64_t) blockIdx.x*blockDim.x + threadIdx.x;
+    const int64_t ib = i / 8;
+    const int     k  = (int) (i % 8);
+    if (ib >= nblk) {
+        return;
+    }
+    const uint16_t * b = x + ib*U;
+    const float d = __half2float(__ushort_as_half(b[0]));
+    const uint32_t q0 = b[1 + 4*(k%2)] | (uint32_t(b[2 + 4*(k%2)]) << 16);
+    const uint32_t q1 = b[3 + 4*(k%2)] | (uint32_t(b[4 + 4*(k%2)]) << 16);
+    uint32_t h0 = 0;
+    uint32_t h1 = 0;
+    if (levels == 8) {
+        h0 = b[9]  | (uint32_t(b[10]) << 16);
+        h1 = b[11] | (uint32_t(b[12]) << 16);
+    }
+    const float * cb = levels == 8 ? kvalues_turbo3 : kvalues_turbo2;
+    const int sh = 2*(k/2);
+    half2 out[4];
+#pragma unroll
+    for (int j = 0; j < 8; j += 2) {
+        float v[2];
+#pragma unroll
+        for (int jj = 0; jj < 2; ++jj) {
+            const int t = j + jj;
+            int q = ((t < 4 ? q0 >> 8*t : q1 >> 8*(t - 4)) >> sh) & 3;
+            if (levels == 8) {
+                q |= (((t < 4 ? h0 >> 8*t : h1 >> 8*(t - 4)) >> k) & 1) << 2;
+            }
+            v[jj] = d*cb[q];
+        }
+        out[j/2] = __halves2half2(__float2half(v[0]), __float2half(v[1]));
+    }
+    *(uint4 *) (y + ib*QK_TURBO + 8*k) = *(const uint4 *) out;
+}
+
+template <int levels>
+static void tq_turbo_to_f16_cont_cuda(const void * vx, half * y, const int64_t k, cudaStream_t stream) {
+    const int64_t nblk = k / QK_TURBO;
+    const int64_t nthr = nblk*8;
+    tq_turbo_to_f16_cont<levels><<<(unsigned) ((nthr + 255)/256), 256, 0, stream>>>((const uint16_t *) vx, y, nblk);
 }
 
 #define QR_TURBO 2

@@ -1,0 +1,313 @@
+// tq-gguf: the turbo caches' randomized Hadamard R = D·H·D/sqrt(n) fused into the nodes next to it.
+//
+// Why: at decode a turbo cache adds four tiny rotation kernels per layer (Q, K, V, output) and a
+// quantizing cache write that ran one thread per 64-value block; on an H100 they cost more
+// per token than the attention itself at short context (docs/results/cuda.md). The graph is
+// unchanged (other backends run it as built); on CUDA:
+//   store: MUL_MAT(R, x) -> views -> SET_ROWS(turbo)  => one kernel at the SET_ROWS: each warp
+//          rotates one head row in registers and quantizes its 64-value blocks (warp quantizer,
+//          bit-exact with the reference: float64 sums in index order);
+//   q:     MUL_MAT(R, q) -> views -> FLASH_ATTN_EXT     => the tensor-core turbo kernel rotates Q;
+//   out:   FLASH_ATTN_EXT -> views -> MUL_MAT(R, o)     => that kernel writes R·o straight into the
+//          MUL_MAT's output.
+// A deferred node's input stays allocated until the node that does its work (alloc deps added in
+// graph_optimize), and the output fusion keeps attention's inputs alive until the MUL_MAT, so its
+// output cannot overlap them. Both passes take the same decisions from the graph alone.
+// TQ_CUDA_FUSE=0 turns all of it off (for comparisons); so do GGML_CUDA_DISABLE_FUSION=1 and
+// GGML_CUDA_GRAPH_OPT=1 (concurrent streams would run a deferred node's work on another stream).
+#include "common.cuh"
+#include "fattn.cuh"
+#include "fwht.cuh"
+#include "turbo.cuh"
+#include "turbo-fuse.cuh"
+#include "../ggml-backend-impl.h"
+#include "../ggml-impl.h"
+
+#include <cstring>
+#include <unordered_set>
+
+#define TQ_FUSE_WINDOW 96   // nodes searched for a consumer
+
+bool tq_cuda_fuse_enabled() {
+    static const bool on = [] {
+        const char * e = getenv("TQ_CUDA_FUSE");
+        const char * f = getenv("GGML_CUDA_DISABLE_FUSION");
+        const char * o = getenv("GGML_CUDA_GRAPH_OPT");
+        return !(e && e[0] == '0') && !(f && atoi(f)) && !(o && atoi(o) == 1);
+    }();
+    return on;
+}
+
+// ---- the graph patterns
+
+static bool tq_is_rot(const ggml_tensor * t) {
+    return t->op == GGML_OP_MUL_MAT && ggml_cuda_op_mul_mat_use_fwht(t) &&
+           ggml_get_op_params_i32(t, 1) != GGML_HINT_SRC0_IS_HADAMARD &&
+           strstr(t->src[0]->name, "_dhd_dense") != nullptr &&
+           t->src[1]->type == GGML_TYPE_F32 && ggml_is_contiguous(t->src[1]) &&
+           (t->ne[0] == 64 || t->ne[0] == 128 || t->ne[0] == 256);
+}
+
+static bool tq_is_view(const ggml_tensor * t) {
+    return t->op == GGML_OP_RESHAPE || t->op == GGML_OP_VIEW || t->op == GGML_OP_PERMUTE;
+}
+
+// the first node that is not a view and consumes node i through single-use views; -1 if none
+// (or if a tensor on the way is used twice or is a graph output); *src: which src it is there
+static int tq_sole_consumer(const ggml_cgraph * g, const int i, int * src, const bool reshape_only) {
+    int cur = i;
+    for (int hop = 0; hop < 8; ++hop) {
+        const ggml_tensor * t = g->nodes[cur];
+        if ((t->flags & GGML_TENSOR_FLAG_OUTPUT) || ggml_node_get_use_count(g, cur) != 1) {
+            return -1;
+        }
+        int next = -1;
+        for (int j = cur + 1; j < g->n_nodes && j <= cur + TQ_FUSE_WINDOW && next < 0; ++j) {
+            for (int s = 0; s < GGML_MAX_SRC; ++s) {
+                if (g->nodes[j]->src[s] == t) {
+                    next = j;
+                    *src = s;
+                    break;
+                }
+            }
+        }
+        if (next < 0) {
+            return -1;
+        }
+        const ggml_tensor * n = g->nodes[next];
+        if (tq_is_view(n)) {
+            if (reshape_only && n->op != GGML_OP_RESHAPE) {
+                return -1;
+            }
+            cur = next;
+            continue;
+        }
+        return next;
+    }
+    return -1;
+}
+
+static const ggml_tensor * tq_root(const ggml_tensor * t) {
+    return t->view_src ? t->view_src : t;
+}
+
+// rotation node i whose SET_ROWS consumer writes a turbo cache row per token: the fused store applies
+static bool tq_store_applies(const ggml_tensor * rot, const ggml_tensor * sr) {
+    const ggml_tensor * x   = sr->src[0];
+    const ggml_tensor * idx = sr->src[1];
+    return sr->op == GGML_OP_SET_ROWS && (sr->type == GGML_TYPE_TURBO3 || sr->type == GGML_TYPE_TURBO2) &&
+           x->view_src == rot && x->view_offs == 0 && ggml_is_contiguous(x) &&
+           ggml_nelements(x) == ggml_nelements(rot) && x->ne[0] % rot->ne[0] == 0 && x->ne[2] == 1 && x->ne[3] == 1 &&
+           (idx->type == GGML_TYPE_I64 || idx->type == GGML_TYPE_I32) && ggml_is_contiguous(idx) &&
+           ggml_nelements(idx) == x->ne[1] && sr->ne[0] == x->ne[0] && sr->ne[2] == 1 && sr->ne[3] == 1;
+}
+
+enum tq_fuse_kind { TQ_FUSE_NONE, TQ_FUSE_STORE, TQ_FUSE_Q };
+
+// node i is a rotation whose work a later node does: that node's index (kind set), else -1
+static int tq_deferred(const ggml_cgraph * g, const int i, const int device, tq_fuse_kind * kind) {
+    const ggml_tensor * t = g->nodes[i];
+    if (!tq_is_rot(t)) {
+        return -1;
+    }
+    int s = -1;
+    const int c = tq_sole_consumer(g, i, &s, false);
+    if (c < 0 || s != 0) {
+        return -1;
+    }
+    const ggml_tensor * n = g->nodes[c];
+    if (n->op == GGML_OP_SET_ROWS && tq_store_applies(t, n)) {
+        *kind = TQ_FUSE_STORE;
+        return c;
+    }
+    if (n->op == GGML_OP_FLASH_ATTN_EXT && tq_root(n->src[0]) == t && n->src[0]->ne[0] == t->ne[0] &&
+            ggml_cuda_fattn_turbo_takes_rot(device, n)) {
+        *kind = TQ_FUSE_Q;
+        return c;
+    }
+    return -1;
+}
+
+// node i is a FLASH_ATTN_EXT whose output a rotation takes through reshapes only: that rotation's index
+static int tq_out_target(const ggml_cgraph * g, const int i, const int device) {
+    const ggml_tensor * fa = g->nodes[i];
+    if (fa->op != GGML_OP_FLASH_ATTN_EXT || fa->type != GGML_TYPE_F32 || !ggml_is_contiguous(fa)) {
+        return -1;
+    }
+    int s = -1;
+    const int c = tq_sole_consumer(g, i, &s, true);
+    if (c < 0 || s != 1) {
+        return -1;
+    }
+    const ggml_tensor * rot = g->nodes[c];
+    if (!tq_is_rot(rot) || tq_root(rot->src[1]) != fa || rot->src[1]->view_offs != 0 || rot->ne[0] != fa->ne[0] ||
+            ggml_nelements(rot) != ggml_nelements(fa) || !ggml_cuda_fattn_turbo_takes_rot(device, fa)) {
+        return -1;
+    }
+    return c;
+}
+
+void tq_cuda_fuse_plan(const int device, ggml_cgraph * g, ggml_backend_graph_optimize_params * params) {
+    if (!tq_cuda_fuse_enabled() || !params) {
+        return;
+    }
+    auto keep = [&](ggml_tensor * t, ggml_tensor * until) {
+        params->add_alloc_dep(params->user_data, t, until);
+        if (t->view_src) {
+            params->add_alloc_dep(params->user_data, t->view_src, until);
+        }
+    };
+    for (int i = 0; i < g->n_nodes; ++i) {
+        ggml_tensor * t = g->nodes[i];
+        tq_fuse_kind kind = TQ_FUSE_NONE;
+        const int c = tq_deferred(g, i, device, &kind);
+        if (c >= 0) {
+            keep(t->src[1], g->nodes[c]);   // read by the node that does the rotation
+        }
+        const int o = tq_out_target(g, i, device);
+        if (o >= 0) {
+            // the rotation's output is written by the attention kernel: none of its inputs may share memory with it
+            for (int s = 0; s < GGML_MAX_SRC; ++s) {
+                if (t->src[s]) {
+                    keep(t->src[s], g->nodes[o]);
+                }
+            }
+            if (tq_root(t->src[0])->op == GGML_OP_MUL_MAT) {
+                const ggml_tensor * q_rot = tq_root(t->src[0]);
+                for (int j = 0; j < i; ++j) {
+                    if (g->nodes[j] == q_rot && tq_deferred(g, j, device, &kind) == i) {
+                        keep(q_rot->src[1], g->nodes[o]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ---- the fused store
+
+template <int N, int levels>
+__launch_bounds__(128, 1)
+static __global__ void tq_rot_set_rows(const float * __restrict__ x, const float * __restrict__ signs, const float scale,
+        const void * __restrict__ idx, const int idx64, char * __restrict__ dst, const int64_t nb1,
+        const int n_head, const int64_t n_rows) {
+    constexpr int BLK = levels == 8 ? 26 : 18;
+    const int64_t r = (int64_t) blockIdx.x*blockDim.y + threadIdx.y;
+    const int lane = threadIdx.x;
+    ggml_cuda_pdl_sync();
+    if (r >= n_rows) {
+        return;
+    }
+    float reg[N/32];
+#pragma unroll
+    for (int i = 0; i < N/32; ++i) {
+        reg[i] = x[r*N + i*32 + lane];
+    }
+    tq_fwht_regs<N>(reg, signs, scale, lane);
+    const int64_t t = r / n_head;
+    const int     h = (int) (r % n_head);
+    const int64_t row = idx64 ? ((const int64_t *) idx)[t] : (int64_t) ((const int32_t *) idx)[t];
+    char * out = dst + row*nb1 + int64_t(h)*(N/64)*BLK;
+#pragma unroll
+    for (int b = 0; b < N/64; ++b) {
+        tq_quantize_block_warp<levels>(reg[2*b], reg[2*b + 1], levels == 8 ? kvalues_turbo3 : kvalues_turbo2,
+                                       (uint16_t *) (out + b*BLK), lane);
+    }
+}
+
+template <int N>
+static void tq_rot_set_rows_launch(const ggml_tensor * rot, const ggml_tensor * sr, cudaStream_t stream) {
+    const ggml_tensor * x   = rot->src[1];
+    const ggml_tensor * idx = sr->src[1];
+    const int64_t n_rows = ggml_nrows(rot);
+    const int     n_head = (int) (sr->src[0]->ne[0] / N);
+    const dim3 block(32, 4, 1);
+    const dim3 grid((unsigned) ((n_rows + 3)/4), 1, 1);
+    const float scale = 1.0f/sqrtf((float) N);
+    const int idx64 = idx->type == GGML_TYPE_I64;
+    if (sr->type == GGML_TYPE_TURBO3) {
+        tq_rot_set_rows<N, 8><<<grid, block, 0, stream>>>((const float *) x->data, (const float *) rot->src[0]->data, scale,
+            idx->data, idx64, (char *) sr->data, (int64_t) sr->nb[1], n_head, n_rows);
+    } else {
+        tq_rot_set_rows<N, 4><<<grid, block, 0, stream>>>((const float *) x->data, (const float *) rot->src[0]->data, scale,
+            idx->data, idx64, (char *) sr->data, (int64_t) sr->nb[1], n_head, n_rows);
+    }
+    CUDA_CHECK(cudaGetLastError());
+}
+
+// ---- execution
+
+// nodes of the graph being computed whose work moved elsewhere (deferred rotations, fused rotations)
+static thread_local std::unordered_set<const ggml_tensor *> tq_deferred_set;
+static thread_local std::unordered_set<const ggml_tensor *> tq_done_set;
+
+void tq_cuda_fuse_begin() {
+    tq_deferred_set.clear();
+    tq_done_set.clear();
+}
+
+static const ggml_tensor * tq_deferred_root(const ggml_tensor * t) {
+    const ggml_tensor * r = tq_root(t);
+    return tq_deferred_set.count(r) ? r : nullptr;
+}
+
+static void tq_put_ptr(ggml_tensor * t, const int slot, const void * p) {
+    memcpy(&t->op_params[slot], &p, sizeof(p));
+}
+
+bool tq_cuda_fuse_node(ggml_backend_cuda_context & ctx, ggml_cgraph * g, const int i) {
+    if (!tq_cuda_fuse_enabled()) {
+        return false;
+    }
+    ggml_tensor * node = g->nodes[i];
+    if (tq_done_set.count(node)) {
+        return true;
+    }
+    if (node->op == GGML_OP_MUL_MAT) {
+        tq_fuse_kind kind = TQ_FUSE_NONE;
+        if (tq_deferred(g, i, ctx.device, &kind) >= 0) {
+            tq_deferred_set.insert(node);
+            return true;
+        }
+        return false;
+    }
+    if (node->op == GGML_OP_SET_ROWS) {
+        const ggml_tensor * rot = tq_deferred_root(node->src[0]);
+        if (!rot) {
+            return false;
+        }
+        GGML_ASSERT(tq_store_applies(rot, node));
+        switch (rot->ne[0]) {
+            case  64: tq_rot_set_rows_launch< 64>(rot, node, ctx.stream()); break;
+            case 128: tq_rot_set_rows_launch<128>(rot, node, ctx.stream()); break;
+            case 256: tq_rot_set_rows_launch<256>(rot, node, ctx.stream()); break;
+            default: GGML_ABORT("unexpected rotation size");
+        }
+        return true;
+    }
+    if (node->op == GGML_OP_FLASH_ATTN_EXT) {
+        const ggml_tensor * q_rot = tq_deferred_root(node->src[0]);
+        const int o = tq_out_target(g, i, ctx.device);
+        if (!q_rot && o < 0) {
+            return false;
+        }
+        ggml_tensor fa = *node;
+        ggml_tensor q;
+        if (q_rot) {
+            // the unrotated Q has the rotation's layout: the same view of its input
+            q = *node->src[0];
+            q.data = (char *) q_rot->src[1]->data + ((const char *) node->src[0]->data - (const char *) q_rot->data);
+            fa.src[0] = &q;
+            tq_put_ptr(&fa, TQ_FA_OP_Q_ROT, q_rot->src[0]->data);
+        }
+        if (o >= 0) {
+            const ggml_tensor * rot = g->nodes[o];
+            fa.data = rot->data;
+            tq_put_ptr(&fa, TQ_FA_OP_O_ROT, rot->src[0]->data);
+            tq_done_set.insert(rot);
+        }
+        ggml_cuda_flash_attn_ext(ctx, &fa);
+        return true;
+    }
+    return false;
+}

@@ -25,7 +25,8 @@
 // against the reference by tests/test_cuda_frag.py).
 // Each warp keeps its own softmax state; the warps and the parallel blocks combine as in
 // the vector kernel (same output layout). Sink store rows run through the same path from
-// global memory, in the first parallel block.
+// global memory, in the first parallel block. When turbo-fuse.cu skips the graph's rotation
+// nodes, the kernel rotates Q (side.q_rot) and its output (side.o_rot) itself.
 #pragma once
 
 #include "common.cuh"
@@ -565,7 +566,8 @@ static __global__ void flash_attn_ext_mma_turbo(
         }
     }
     if (side.o_rot) {
-        // R o for the rotation node turbo-fuse.cu skipped; R is linear, so the parallel blocks'
+        // R o (per 64-value chunk or the whole row) for the rotation node turbo-fuse.cu skipped; R is
+        // linear, so the parallel blocks'
         // partial outputs may be rotated before they are combined
         __syncthreads();
 #pragma unroll 1
@@ -576,7 +578,11 @@ static __global__ void flash_attn_ext_mma_turbo(
             for (int i = 0; i < D/32; ++i) {
                 reg[i] = VKQs[h*D + i*32 + lane];
             }
-            tq_fwht_regs<D>(reg, side.o_rot, 1.0f/sqrtf((float) D), lane);
+            if (side.o_n == 64) {
+                tq_fwht_regs<D, 64>(reg, side.o_rot, 1.0f/sqrtf(64.0f), lane);
+            } else {
+                tq_fwht_regs<D>(reg, side.o_rot, 1.0f/sqrtf((float) D), lane);
+            }
 #pragma unroll
             for (int i = 0; i < D/32; ++i) {
                 dst_ptr[(j_dst*gridDim.y + blockIdx.y)*D + i*32 + lane] = reg[i];

@@ -16,6 +16,7 @@
 // op_params slots (int32 index, 8 bytes each) of a FLASH_ATTN_EXT copy that carry a rotation's
 // first row (its signs) when the tensor-core decode kernel rotates Q (R q) or its output (R o)
 // itself (turbo-fuse.cu); the graph's own nodes leave them zero
+#define TQ_FA_OP_O_N   11   // the output rotation's size (64 or the head size)
 #define TQ_FA_OP_Q_ROT 12
 #define TQ_FA_OP_O_ROT 14
 
@@ -31,12 +32,14 @@ struct tq_fattn_side {
     int32_t nbv1 = 0, nbv2 = 0; int64_t nbv3 = 0;
     const float * q_rot = nullptr;   // R's first row: rotate Q / the output (TQ_FA_OP_*)
     const float * o_rot = nullptr;
+    int32_t o_n = 0;
 };
 
 static tq_fattn_side tq_fattn_side_get(const ggml_tensor * dst) {
     tq_fattn_side side;
     memcpy(&side.q_rot, &dst->op_params[TQ_FA_OP_Q_ROT], sizeof(side.q_rot));
     memcpy(&side.o_rot, &dst->op_params[TQ_FA_OP_O_ROT], sizeof(side.o_rot));
+    side.o_n = dst->op_params[TQ_FA_OP_O_N];
     const ggml_tensor * k = dst->src[5];
     const ggml_tensor * v = dst->src[6];
     const ggml_tensor * c = dst->src[7];

@@ -29,17 +29,19 @@ static __device__ void cpy_blck_f32_turbo2(const char * cxi, char * cdsti) {
     quantize_f32_turbo2_block((const float *) cxi, (block_turbo2 *) cdsti);
 }
 
-// The randomized Hadamard R = D·H·D/sqrt(N) of one row by a warp, lane holding values i*32 + lane;
-// signs: R's first row (D up to a global sign). The arithmetic of fwht.cu's kernel, so the fused
-// paths (turbo-fuse.cu) give the same floats as the rotation node.
-template <int N>
-static __device__ __forceinline__ void tq_fwht_regs(float (&reg)[N/32], const float * __restrict__ signs, const float scale, const int lane) {
-    constexpr int el = N/32;
+// The randomized Hadamard R = D·H·D/sqrt(N) by a warp, on each N-value chunk of a row of D values
+// (N <= D; llama rotates K by head-size chunks and V by 64-value chunks); lane holds values
+// i*32 + lane; signs: R's first row (D up to a global sign). The arithmetic of fwht.cu's kernel, so
+// the fused paths (turbo-fuse.cu) give the same floats as the rotation node.
+template <int D, int N = D>
+static __device__ __forceinline__ void tq_fwht_regs(float (&reg)[D/32], const float * __restrict__ signs, const float scale, const int lane) {
+    static_assert(N >= 64 && D % N == 0, "rotation size");
+    constexpr int el = D/32;
     float sgn[el];
 #pragma unroll
     for (int i = 0; i < el; ++i) {
         reg[i] *= scale;
-        sgn[i] = signs[i*32 + lane] < 0.0f ? -1.0f : 1.0f;
+        sgn[i] = signs[(i*32 + lane) % N] < 0.0f ? -1.0f : 1.0f;
         reg[i] *= sgn[i];
     }
 #pragma unroll
@@ -71,82 +73,114 @@ static __device__ __forceinline__ void tq_fwht_regs(float (&reg)[N/32], const fl
     }
 }
 
-// The cache write by a warp: one 64-value block, value lane in x0 and value lane + 32 in x1 (every
-// lane calls it). Bit-exact with tq_quantize_block: each float64 sum runs in index order on every
-// lane (the terms arrive by shuffles), the indices and the scale are the same expressions.
-template <int levels>
-static __device__ __forceinline__ void tq_quantize_block_warp(const float x0, const float x1, const float * cb,
-                                                              uint16_t * __restrict__ y16, const int lane) {
-    auto seq_sum = [](const double a, const double b) {
-        double s = 0.0;
+// The cache write by a warp: NB consecutive 64-value blocks, block b's value lane in x[2b] and
+// value lane + 32 in x[2b+1] (every lane calls it). Bit-exact with tq_quantize_block: each float64
+// sum runs in index order on every lane. The terms arrive by shuffles, 8 at a time and for all
+// blocks together, so the shuffles of the next chunk overlap the additions and the blocks' chains
+// run side by side (one shuffle then one add per term cost ~40 cycles each).
+template <int levels, int NB>
+static __device__ __forceinline__ void tq_quantize_blocks_warp(const float (&x)[2*NB], const float * cb,
+                                                               uint16_t * __restrict__ y16, const int lane) {
+    constexpr int U = levels == 8 ? 13 : 9;   // 16-bit units per block
+    auto seq_sums = [](const double (&t)[2*NB], double (&s)[NB]) {
 #pragma unroll
-        for (int j = 0; j < 32; ++j) {
-            s = __dadd_rn(s, __shfl_sync(0xFFFFFFFF, a, j, 32));
+        for (int b = 0; b < NB; ++b) {
+            s[b] = 0.0;
         }
 #pragma unroll
-        for (int j = 0; j < 32; ++j) {
-            s = __dadd_rn(s, __shfl_sync(0xFFFFFFFF, b, j, 32));
+        for (int j0 = 0; j0 < 64; j0 += 8) {
+            double v[NB][8];
+#pragma unroll
+            for (int b = 0; b < NB; ++b) {
+#pragma unroll
+                for (int jj = 0; jj < 8; ++jj) {
+                    v[b][jj] = __shfl_sync(0xFFFFFFFF, t[2*b + (j0 + jj)/32], (j0 + jj) % 32, 32);
+                }
+            }
+#pragma unroll
+            for (int jj = 0; jj < 8; ++jj) {
+#pragma unroll
+                for (int b = 0; b < NB; ++b) {
+                    s[b] = __dadd_rn(s[b], v[b][jj]);
+                }
+            }
         }
-        return s;
     };
-    const double ss = seq_sum(__dmul_rn((double) x0, (double) x0), __dmul_rn((double) x1, (double) x1));
-    uint32_t q0 = levels/2;
-    uint32_t q1 = levels/2;
-    uint16_t d  = 0;   // fp16 +0
-    if (ss > 0.0) {
-        double cbd[levels];
-        double mid[levels - 1];
+    double sq[2*NB];
 #pragma unroll
-        for (int k = 0; k < levels; ++k) {
-            cbd[k] = (double) cb[k];
-        }
-#pragma unroll
-        for (int k = 0; k < levels - 1; ++k) {
-            mid[k] = __ddiv_rn(__dadd_rn(cbd[k], cbd[k + 1]), 2.0);
-        }
-        const double n   = __dsqrt_rn(ss);
-        const double inv = __ddiv_rn(8.0, n);
-        const double y0  = __dmul_rn((double) x0, inv);
-        const double y1  = __dmul_rn((double) x1, inv);
-        q0 = 0;
-        q1 = 0;
-#pragma unroll
-        for (int k = 0; k < levels - 1; ++k) {
-            q0 += y0 > mid[k];
-            q1 += y1 > mid[k];
-        }
-        double c0 = cbd[0];
-        double c1 = cbd[0];
-#pragma unroll
-        for (int k = 1; k < levels; ++k) {
-            c0 = q0 == (uint32_t) k ? cbd[k] : c0;
-            c1 = q1 == (uint32_t) k ? cbd[k] : c1;
-        }
-        const double rr = seq_sum(__dmul_rn(c0, c0), __dmul_rn(c1, c1));
-        float s = (float) __ddiv_rn(n, __dsqrt_rn(rr));
-        if (s > 65504.0f) {
-            s = 65504.0f;
-        }
-        d = __half_as_ushort(__float2half_rn(s));
+    for (int i = 0; i < 2*NB; ++i) {
+        sq[i] = __dmul_rn((double) x[i], (double) x[i]);
     }
-    // qs byte m (m < 16): values m, m+16, m+32, m+48 at bits 0, 2, 4, 6; lane m holds m and m+32
-    const uint32_t p  = (q0 & 3) | ((q1 & 3) << 4);
-    const uint32_t qs = p | (__shfl_down_sync(0xFFFFFFFF, p, 16, 32) << 2);
-    // qh byte m (m < 8): bit t from value m + 8t; lane l holds values l (t = l/8) and l + 32 (t = l/8 + 4)
-    uint32_t qh = (((q0 >> 2) & 1) << (lane/8)) | (((q1 >> 2) & 1) << (lane/8 + 4));
-    qh |= __shfl_down_sync(0xFFFFFFFF, qh, 16, 32);
-    qh |= __shfl_down_sync(0xFFFFFFFF, qh, 8, 32);
-    // 16-bit unit u of the block: 0 = d, 1..8 = qs bytes 2(u-1), 2(u-1)+1, 9..12 = qh bytes 2(u-9), 2(u-9)+1
-    const int sq = 2*max(0, min(lane - 1, 7));
-    const int sh = 2*max(0, min(lane - 9, 3));
-    const uint32_t qa = __shfl_sync(0xFFFFFFFF, qs, sq,     32);
-    const uint32_t qb = __shfl_sync(0xFFFFFFFF, qs, sq + 1, 32);
-    const uint32_t ha = __shfl_sync(0xFFFFFFFF, qh, sh,     32);
-    const uint32_t hb = __shfl_sync(0xFFFFFFFF, qh, sh + 1, 32);
-    const uint16_t v = lane == 0 ? d : lane <= 8 ? (uint16_t) ((qa & 0xFF) | ((qb & 0xFF) << 8))
-                                                 : (uint16_t) ((ha & 0xFF) | ((hb & 0xFF) << 8));
-    if (lane < (levels == 8 ? 13 : 9)) {
-        y16[lane] = v;
+    double ss[NB];
+    seq_sums(sq, ss);
+
+    double cbd[levels];
+    double mid[levels - 1];
+#pragma unroll
+    for (int k = 0; k < levels; ++k) {
+        cbd[k] = (double) cb[k];
+    }
+#pragma unroll
+    for (int k = 0; k < levels - 1; ++k) {
+        mid[k] = __ddiv_rn(__dadd_rn(cbd[k], cbd[k + 1]), 2.0);
+    }
+    uint32_t q[2*NB];
+    double   c2[2*NB];
+    double   n[NB];
+#pragma unroll
+    for (int b = 0; b < NB; ++b) {
+        n[b] = __dsqrt_rn(ss[b]);
+        const double inv = __ddiv_rn(8.0, n[b]);
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const double y = __dmul_rn((double) x[2*b + h], inv);
+            uint32_t qq = 0;
+#pragma unroll
+            for (int k = 0; k < levels - 1; ++k) {
+                qq += y > mid[k];
+            }
+            double c = cbd[0];
+#pragma unroll
+            for (int k = 1; k < levels; ++k) {
+                c = qq == (uint32_t) k ? cbd[k] : c;
+            }
+            q[2*b + h]  = ss[b] > 0.0 ? qq : levels/2;   // zero or NaN block: middle index, d = 0
+            c2[2*b + h] = __dmul_rn(c, c);
+        }
+    }
+    double rr[NB];
+    seq_sums(c2, rr);
+#pragma unroll
+    for (int b = 0; b < NB; ++b) {
+        uint16_t d = 0;   // fp16 +0
+        if (ss[b] > 0.0) {
+            float s = (float) __ddiv_rn(n[b], __dsqrt_rn(rr[b]));
+            if (s > 65504.0f) {
+                s = 65504.0f;
+            }
+            d = __half_as_ushort(__float2half_rn(s));
+        }
+        const uint32_t q0 = q[2*b];
+        const uint32_t q1 = q[2*b + 1];
+        // qs byte m (m < 16): values m, m+16, m+32, m+48 at bits 0, 2, 4, 6; lane m holds m and m+32
+        const uint32_t p  = (q0 & 3) | ((q1 & 3) << 4);
+        const uint32_t qs = p | (__shfl_down_sync(0xFFFFFFFF, p, 16, 32) << 2);
+        // qh byte m (m < 8): bit t from value m + 8t; lane l holds values l (t = l/8) and l + 32 (t = l/8 + 4)
+        uint32_t qh = (((q0 >> 2) & 1) << (lane/8)) | (((q1 >> 2) & 1) << (lane/8 + 4));
+        qh |= __shfl_down_sync(0xFFFFFFFF, qh, 16, 32);
+        qh |= __shfl_down_sync(0xFFFFFFFF, qh, 8, 32);
+        // 16-bit unit u of the block: 0 = d, 1..8 = qs bytes 2(u-1), 2(u-1)+1, 9..12 = qh bytes 2(u-9), 2(u-9)+1
+        const int sq2 = 2*max(0, min(lane - 1, 7));
+        const int sh  = 2*max(0, min(lane - 9, 3));
+        const uint32_t qa = __shfl_sync(0xFFFFFFFF, qs, sq2,     32);
+        const uint32_t qb = __shfl_sync(0xFFFFFFFF, qs, sq2 + 1, 32);
+        const uint32_t ha = __shfl_sync(0xFFFFFFFF, qh, sh,      32);
+        const uint32_t hb = __shfl_sync(0xFFFFFFFF, qh, sh + 1,  32);
+        const uint16_t v = lane == 0 ? d : lane <= 8 ? (uint16_t) ((qa & 0xFF) | ((qb & 0xFF) << 8))
+                                                     : (uint16_t) ((ha & 0xFF) | ((hb & 0xFF) << 8));
+        if (lane < U) {
+            y16[b*U + lane] = v;
+        }
     }
 }
 

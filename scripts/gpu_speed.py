@@ -11,10 +11,11 @@ measured in this same run. Writes Markdown and JSON next to --out.
     python scripts/gpu_speed.py [--shape llama-8b] [--depths 0,8192,32768]
         [--prompt 2048] [--gen 128] [--reps 3] [--caches f16,q8_0,q4_0,turbo3,turbo2,q8_0/turbo3]
         [--cuda-arch ARCH] [--src-pack PACK] [--no-build] [-o docs/results/gpu-speed]
-        [--sinks | --vector] [--calibrated]
+        [--sinks | --vector | --unfused] [--calibrated]
 
---sinks and --vector add rows measured in A B B A order against the default ones (sink
-store off; the vector decode kernel instead of the tensor-core one) and a ratio table.
+--sinks, --vector and --unfused add rows measured in A B B A order against the default ones
+(sink store off; the vector decode kernel instead of the tensor-core one; the turbo rotation
+run as the graph's own nodes instead of fused) and a ratio table.
 
 The build targets the GPU's own compute capability and compiles a FlashAttention
 vector kernel for every K/V pair asked for (on top of the series' default list).
@@ -75,6 +76,12 @@ AB = {
                "title": "Decode kernel: tok/s with the tensor-core kernel over tok/s with the vector kernel, same run:",
                "note": "`-vec` rows decode turbo K + turbo V with the vector kernel (`TQ_FA_TURBO_MMA=0`); the other "
                        "turbo rows with the tensor-core kernel. Both are the mean of two runs in A B B A order."},
+    "unfused": {"suffix": "-unfused", "env": {"TQ_CUDA_FUSE": "0"}, "key": "fused_over_unfused",
+                "ratio": "fused / unfused", "for": lambda k, v: "turbo" in k or "turbo" in v,
+                "title": "Rotation fusion: tok/s with the fused graph over tok/s with the graph as built, same run:",
+                "note": "`-unfused` rows run the turbo rotation as the graph's own nodes and the one-thread-per-block "
+                        "cache write (`TQ_CUDA_FUSE=0`); the other turbo rows fuse them into the cache write and the "
+                        "decode kernel (patch 0010). Both are the mean of two runs in A B B A order."},
 }
 
 
@@ -150,6 +157,9 @@ def main() -> int:
     ap.add_argument("--vector", action="store_true",
                     help="also run every turbo K + turbo V cache with the vector decode kernel (TQ_FA_TURBO_MMA=0); "
                          "A B B A as --sinks, rows 'K/V-vec' and a ratio table")
+    ap.add_argument("--unfused", action="store_true",
+                    help="also run every turbo cache with the rotation unfused (TQ_CUDA_FUSE=0); "
+                         "A B B A as --sinks, rows 'K/V-unfused' and a ratio table")
     ap.add_argument("-o", "--out", default=str(ROOT / "docs" / "results" / "gpu-speed"))
     args = ap.parse_args()
 
@@ -160,7 +170,7 @@ def main() -> int:
         ap.error(str(e))
     ab = [name for name in AB if getattr(args, name)]
     if len(ab) > 1:
-        ap.error("--sinks and --vector each compare against the default rows: use one per run")
+        ap.error("--sinks, --vector and --unfused each compare against the default rows: use one per run")
     caches = [(c.split("/") + c.split("/"))[:2] for c in args.caches.split(",")]
     for k, v in caches:
         for t in (k, v):

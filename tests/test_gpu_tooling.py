@@ -109,6 +109,23 @@ def test_speed_script_vector_rows_on_cpu(built, tmp_path):
     assert r.returncode == 2 and "one per run" in r.stderr
 
 
+def test_speed_script_unfused_rows_on_cpu(built, tmp_path):
+    # on a CPU build TQ_CUDA_FUSE changes nothing; checked: every cache with a turbo side gets
+    # the A/B rows, and the ratio table comes from them
+    r = _speed(tmp_path, "--caches", "f16,q8_0/turbo3", "--unfused", "--depths", "64")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    rows = json.loads((tmp_path / "out" / "gpu-speed-cpu.json").read_text())["rows"]
+    assert {x["cache"] for x in rows if "ts" in x} == {"f16/f16", "q8_0/turbo3", "q8_0/turbo3-unfused"}
+    ratios = [x for x in rows if "fused_over_unfused" in x]
+    assert {(x["cache"], x["test"]) for x in ratios} == {("q8_0/turbo3", t) for t in ("pp16", "tg4")}
+    for x in ratios:
+        on = next(y["ts"] for y in rows if y["cache"] == "q8_0/turbo3" and y["test"] == x["test"])
+        off = next(y["ts"] for y in rows if y["cache"] == "q8_0/turbo3-unfused" and y["test"] == x["test"])
+        assert x["fused_over_unfused"] == pytest.approx(on / off)
+    md = (tmp_path / "out" / "gpu-speed-cpu.md").read_text()
+    assert "TQ_CUDA_FUSE=0" in md and "--unfused" in md and "| fused / unfused |" in md
+
+
 def test_speed_script_rejects_unknown_cache_and_shape(tmp_path):
     r = _speed(tmp_path, "--caches", "f16,turbo9")
     assert r.returncode == 2 and "unknown cache type 'turbo9'" in r.stderr
@@ -131,3 +148,32 @@ def test_speed_script_build_settings():
     # the script's default list is the series' default (patches/0006 sets it in ggml/CMakeLists.txt)
     patch = (ROOT / "patches" / "0006-turbo-cuda.patch").read_text()
     assert '+set   (GGML_CUDA_FA_QUANTS "' + ";".join(gpu_speed.DEFAULT_FA) + '"' in patch
+
+
+NCU_SNIPPET = """\
+  void tq_rot_set_rows<128, 8>(const float *, const float *, float, const void *, int, char *, long, int, long) (2, 1, 1)x(32, 4, 1), Device 0, CC 9.0, Invocations 56
+    Section: Command line profiler metrics
+    ---------------------- ----------- ------- ------- -------
+    Metric Name            Metric Unit Minimum Maximum Average
+    ---------------------- ----------- ------- ------- -------
+    gpu__time_duration.sum          us    4.80    5.25    5.00
+    ---------------------- ----------- ------- ------- -------
+
+  void flash_attn_combine_results<128>(const float *, const float2 *, float *, int) (1, 32, 1)x(128, 1, 1), Device 0, CC 9.0, Invocations 4
+    gpu__time_duration.sum     nsecond  3100.00  3300.00  3250.00
+"""
+
+
+def test_ncu_summary_totals(tmp_path):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import ncu_summary
+    rows = ncu_summary.parse(NCU_SNIPPET.splitlines())
+    assert rows == [("tq_rot_set_rows", "2,1,1", 56, 5.0), ("flash_attn_combine_results", "1,32,1", 4, 3.25)]
+    f = tmp_path / "ncu.txt"
+    f.write_text(NCU_SNIPPET)
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "ncu_summary.py"), str(f)], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.splitlines()[0].startswith("tq_rot_set_rows")
+    assert "TOTAL 293.0 us over 60 launches" in r.stdout
+    f.write_text("no summary here\n")
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "ncu_summary.py"), str(f)], capture_output=True, text=True)
+    assert r.returncode == 1 and "no per-kernel" in r.stderr

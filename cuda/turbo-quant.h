@@ -52,6 +52,20 @@ TQ_QFN void tq_store_u32(uint16_t * p, const uint32_t v) {
     p[1] = (uint16_t) (v >> 16);
 }
 
+// the codebook in float64 and the midpoints between its levels (the index of a value is the
+// number of midpoints it exceeds); shared with the warp quantizer of turbo.cuh
+template <int levels>
+TQ_QFN void tq_codebook_mids(const float * __restrict__ cb, double (&cbd)[levels], double (&mid)[levels - 1]) {
+#pragma unroll
+    for (int k = 0; k < levels; ++k) {
+        cbd[k] = (double) cb[k];
+    }
+#pragma unroll
+    for (int k = 0; k < levels - 1; ++k) {
+        mid[k] = TQ_DDIV(TQ_DADD(cbd[k], cbd[k + 1]), 2.0);
+    }
+}
+
 // levels: 8 (turbo3) or 4 (turbo2); cb: the float32 codebook, ascending
 template <int levels>
 TQ_QFN void tq_quantize_block(const float * __restrict__ x, const float * __restrict__ cb, uint8_t * __restrict__ y) {
@@ -82,14 +96,7 @@ TQ_QFN void tq_quantize_block(const float * __restrict__ x, const float * __rest
     } else {
         double cbd[levels];
         double mid[levels - 1];
-#pragma unroll
-        for (int k = 0; k < levels; ++k) {
-            cbd[k] = (double) cb[k];
-        }
-#pragma unroll
-        for (int k = 0; k < levels - 1; ++k) {
-            mid[k] = TQ_DDIV(TQ_DADD(cbd[k], cbd[k + 1]), 2.0);
-        }
+        tq_codebook_mids<levels>(cb, cbd, mid);
         const double n   = TQ_DSQRT(ss);
         const double inv = TQ_DDIV(8.0, n);   // sqrt(QK): unit-variance coordinates
         double rr = 0.0;

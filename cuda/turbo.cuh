@@ -116,14 +116,7 @@ static __device__ __forceinline__ void tq_quantize_blocks_warp(const float (&x)[
 
     double cbd[levels];
     double mid[levels - 1];
-#pragma unroll
-    for (int k = 0; k < levels; ++k) {
-        cbd[k] = (double) cb[k];
-    }
-#pragma unroll
-    for (int k = 0; k < levels - 1; ++k) {
-        mid[k] = __ddiv_rn(__dadd_rn(cbd[k], cbd[k + 1]), 2.0);
-    }
+    tq_codebook_mids<levels>(cb, cbd, mid);
     uint32_t q[2*NB];
     double   c2[2*NB];
     double   n[NB];

@@ -102,10 +102,9 @@ static bool tq_store_applies(const ggml_tensor * rot, const ggml_tensor * sr) {
            ggml_nelements(idx) == x->ne[1] && sr->ne[0] == x->ne[0] && sr->ne[2] == 1 && sr->ne[3] == 1;
 }
 
-enum tq_fuse_kind { TQ_FUSE_NONE, TQ_FUSE_STORE, TQ_FUSE_Q };
-
-// node i is a rotation whose work a later node does: that node's index (kind set), else -1
-static int tq_deferred(const ggml_cgraph * g, const int i, const int device, tq_fuse_kind * kind) {
+// node i is a rotation whose work a later node does (a turbo cache write or the decode kernel's Q):
+// that node's index, else -1
+static int tq_deferred(const ggml_cgraph * g, const int i, const int device) {
     const ggml_tensor * t = g->nodes[i];
     if (!tq_is_rot(t)) {
         return -1;
@@ -116,16 +115,10 @@ static int tq_deferred(const ggml_cgraph * g, const int i, const int device, tq_
         return -1;
     }
     const ggml_tensor * n = g->nodes[c];
-    if (n->op == GGML_OP_SET_ROWS && tq_store_applies(t, n)) {
-        *kind = TQ_FUSE_STORE;
-        return c;
-    }
-    if (n->op == GGML_OP_FLASH_ATTN_EXT && tq_root(n->src[0]) == t && n->src[0]->ne[0] == t->ne[0] &&
-            ggml_cuda_fattn_turbo_takes_rot(device, n)) {
-        *kind = TQ_FUSE_Q;
-        return c;
-    }
-    return -1;
+    const bool store = n->op == GGML_OP_SET_ROWS && tq_store_applies(t, n);
+    const bool q = n->op == GGML_OP_FLASH_ATTN_EXT && tq_root(n->src[0]) == t && n->src[0]->ne[0] == t->ne[0] &&
+                   ggml_cuda_fattn_turbo_takes_rot(device, n);
+    return store || q ? c : -1;
 }
 
 // node i is a FLASH_ATTN_EXT whose output a rotation takes through reshapes only: that rotation's index
@@ -160,8 +153,7 @@ void tq_cuda_fuse_plan(const int device, ggml_cgraph * g, ggml_backend_graph_opt
     };
     for (int i = 0; i < g->n_nodes; ++i) {
         ggml_tensor * t = g->nodes[i];
-        tq_fuse_kind kind = TQ_FUSE_NONE;
-        const int c = tq_deferred(g, i, device, &kind);
+        const int c = tq_deferred(g, i, device);
         if (c >= 0) {
             keep(t->src[1], g->nodes[c]);   // read by the node that does the rotation
         }
@@ -173,13 +165,11 @@ void tq_cuda_fuse_plan(const int device, ggml_cgraph * g, ggml_backend_graph_opt
                     keep(t->src[s], g->nodes[o]);
                 }
             }
-            if (tq_root(t->src[0])->op == GGML_OP_MUL_MAT) {
-                const ggml_tensor * q_rot = tq_root(t->src[0]);
-                for (int j = 0; j < i; ++j) {
-                    if (g->nodes[j] == q_rot && tq_deferred(g, j, device, &kind) == i) {
-                        keep(q_rot->src[1], g->nodes[o]);
-                    }
-                }
+            // nor Q's unrotated input, which the kernel reads when the Q rotation is deferred too
+            // (kept alive even when it is not: a longer lifetime is harmless)
+            ggml_tensor * q_rot = t->src[0]->view_src ? t->src[0]->view_src : t->src[0];
+            if (tq_is_rot(q_rot)) {
+                keep(q_rot->src[1], g->nodes[o]);
             }
         }
     }
@@ -261,8 +251,7 @@ bool tq_cuda_fuse_node(ggml_backend_cuda_context & ctx, ggml_cgraph * g, const i
         return true;
     }
     if (node->op == GGML_OP_MUL_MAT) {
-        tq_fuse_kind kind = TQ_FUSE_NONE;
-        if (tq_deferred(g, i, ctx.device, &kind) >= 0) {
+        if (tq_deferred(g, i, ctx.device) >= 0) {
             tq_deferred_set.insert(node);
             return true;
         }

@@ -66,6 +66,29 @@ TQ_QFN void tq_codebook_mids(const float * __restrict__ cb, double (&cbd)[levels
     }
 }
 
+// the index of a normalised value (the number of midpoints it exceeds; NaN: 0) and its level in c
+template <int levels>
+TQ_QFN uint32_t tq_level(const double y, const double (&cbd)[levels], const double (&mid)[levels - 1], double & c) {
+    uint32_t q = 0;
+    c = cbd[0];
+#pragma unroll
+    for (int k = 0; k < levels - 1; ++k) {
+        const bool up = y > mid[k];   // mid is increasing: the last true k sets q
+        q += up;
+        c = up ? cbd[k + 1] : c;
+    }
+    return q;
+}
+
+// the block scale's fp16 bits from the block norm n and the chosen levels' sum of squares rr
+TQ_QFN uint16_t tq_scale_bits(const double n, const double rr) {
+    float s = (float) TQ_DDIV(n, TQ_DSQRT(rr));
+    if (s > 65504.0f) {
+        s = 65504.0f;
+    }
+    return tq_fp16_bits(s);
+}
+
 // levels: 8 (turbo3) or 4 (turbo2); cb: the float32 codebook, ascending
 template <int levels>
 TQ_QFN void tq_quantize_block(const float * __restrict__ x, const float * __restrict__ cb, uint8_t * __restrict__ y) {
@@ -102,26 +125,15 @@ TQ_QFN void tq_quantize_block(const float * __restrict__ x, const float * __rest
         double rr = 0.0;
 #pragma unroll
         for (int j = 0; j < TQ_QK; ++j) {
-            const double yj = TQ_DMUL((double) xv[j], inv);
-            uint32_t q = 0;
-            double c = cbd[0];
-#pragma unroll
-            for (int k = 0; k < levels - 1; ++k) {
-                const bool up = yj > mid[k];   // mid is increasing: the last true k sets q
-                q += up;
-                c = up ? cbd[k + 1] : c;
-            }
+            double c;
+            const uint32_t q = tq_level<levels>(TQ_DMUL((double) xv[j], inv), cbd, mid, c);
             qs32[(j % 16)/4] |= (q & 3) << (8*(j % 4) + 2*(j / 16));
             if (levels == 8) {
                 qh32[(j % 8)/4] |= (q >> 2) << (8*(j % 4) + j / 8);
             }
             rr = TQ_DADD(rr, TQ_DMUL(c, c));
         }
-        float s = (float) TQ_DDIV(n, TQ_DSQRT(rr));
-        if (s > 65504.0f) {
-            s = 65504.0f;
-        }
-        d = tq_fp16_bits(s);
+        d = tq_scale_bits(n, rr);
     }
     uint16_t * y16 = (uint16_t *) y;
     y16[0] = d;

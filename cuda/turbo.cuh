@@ -75,7 +75,8 @@ static __device__ __forceinline__ void tq_fwht_regs(float (&reg)[D/32], const fl
 
 // The cache write by a warp: NB consecutive 64-value blocks, block b's value lane in x[2b] and
 // value lane + 32 in x[2b+1] (every lane calls it). Bit-exact with tq_quantize_block: each float64
-// sum runs in index order on every lane. The terms arrive by shuffles, 8 at a time and for all
+// sum runs in index order on every lane, and a value's level and the scale come from
+// turbo-quant.h's helpers. The terms arrive by shuffles, 8 at a time and for all
 // blocks together, so the shuffles of the next chunk overlap the additions and the blocks' chains
 // run side by side (one shuffle then one add per term cost ~40 cycles each).
 template <int levels, int NB>
@@ -126,17 +127,8 @@ static __device__ __forceinline__ void tq_quantize_blocks_warp(const float (&x)[
         const double inv = __ddiv_rn(8.0, n[b]);
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-            const double y = __dmul_rn((double) x[2*b + h], inv);
-            uint32_t qq = 0;
-#pragma unroll
-            for (int k = 0; k < levels - 1; ++k) {
-                qq += y > mid[k];
-            }
-            double c = cbd[0];
-#pragma unroll
-            for (int k = 1; k < levels; ++k) {
-                c = qq == (uint32_t) k ? cbd[k] : c;
-            }
+            double c;
+            const uint32_t qq = tq_level<levels>(__dmul_rn((double) x[2*b + h], inv), cbd, mid, c);
             q[2*b + h]  = ss[b] > 0.0 ? qq : levels/2;   // zero or NaN block: middle index, d = 0
             c2[2*b + h] = __dmul_rn(c, c);
         }
@@ -145,14 +137,7 @@ static __device__ __forceinline__ void tq_quantize_blocks_warp(const float (&x)[
     seq_sums(c2, rr);
 #pragma unroll
     for (int b = 0; b < NB; ++b) {
-        uint16_t d = 0;   // fp16 +0
-        if (ss[b] > 0.0) {
-            float s = (float) __ddiv_rn(n[b], __dsqrt_rn(rr[b]));
-            if (s > 65504.0f) {
-                s = 65504.0f;
-            }
-            d = __half_as_ushort(__float2half_rn(s));
-        }
+        const uint16_t d = ss[b] > 0.0 ? tq_scale_bits(n[b], rr[b]) : 0;   // fp16 +0 for a zero block
         const uint32_t q0 = q[2*b];
         const uint32_t q1 = q[2*b + 1];
         // qs byte m (m < 16): values m, m+16, m+32, m+48 at bits 0, 2, 4, 6; lane m holds m and m+32

@@ -67,16 +67,19 @@ DEFAULT_FA = ["q4_0-q4_0", "q8_0-q8_0", "f16-f16", "bf16-bf16", "turbo3-turbo3",
 # default rows; which caches get them; the JSON key and the Markdown heading of the ratio table
 AB = {
     "sinks":  {"suffix": "-nosink", "env": {"LLAMA_TURBO_SINKS": "0"}, "key": "sink_on_over_off",
+               "help": "also run every turbo cache without its sink store",
                "ratio": "on / off", "for": lambda k, v: "turbo" in k or "turbo" in v,
                "title": "Sink store cost: tok/s with the store over tok/s without it, same run:",
                "note": "Turbo rows keep each sequence's first cells exact (the default sink store); `-nosink` rows "
                        "run with `LLAMA_TURBO_SINKS=0`. Both are the mean of two runs in A B B A order."},
     "vector": {"suffix": "-vec", "env": {"TQ_FA_TURBO_MMA": "0"}, "key": "mma_over_vector",
+               "help": "also run every turbo K + turbo V cache with the vector decode kernel",
                "ratio": "tensor-core / vector", "for": lambda k, v: "turbo" in k and "turbo" in v,
                "title": "Decode kernel: tok/s with the tensor-core kernel over tok/s with the vector kernel, same run:",
                "note": "`-vec` rows decode turbo K + turbo V with the vector kernel (`TQ_FA_TURBO_MMA=0`); the other "
                        "turbo rows with the tensor-core kernel. Both are the mean of two runs in A B B A order."},
     "unfused": {"suffix": "-unfused", "env": {"TQ_CUDA_FUSE": "0"}, "key": "fused_over_unfused",
+                "help": "also run every turbo cache with the rotation as the graph's own nodes",
                 "ratio": "fused / unfused", "for": lambda k, v: "turbo" in k or "turbo" in v,
                 "title": "Rotation fusion: tok/s with the fused graph over tok/s with the graph as built, same run:",
                 "note": "`-unfused` rows run the turbo rotation as the graph's own nodes and the one-thread-per-block "
@@ -151,15 +154,9 @@ def main() -> int:
     ap.add_argument("--calibrated", action="store_true",
                     help="also time every turbo cache with a calibration (per-layer transforms in the graph; "
                          "rows 'K/V+cal')")
-    ap.add_argument("--sinks", action="store_true",
-                    help="also run every turbo cache without its sink store (LLAMA_TURBO_SINKS=0); "
-                         "on/off alternate (A B B A) and each row is the mean of its two runs")
-    ap.add_argument("--vector", action="store_true",
-                    help="also run every turbo K + turbo V cache with the vector decode kernel (TQ_FA_TURBO_MMA=0); "
-                         "A B B A as --sinks, rows 'K/V-vec' and a ratio table")
-    ap.add_argument("--unfused", action="store_true",
-                    help="also run every turbo cache with the rotation unfused (TQ_CUDA_FUSE=0); "
-                         "A B B A as --sinks, rows 'K/V-unfused' and a ratio table")
+    for name, o in AB.items():
+        ap.add_argument(f"--{name}", action="store_true", help=f"{o['help']}; A B B A against the default rows, "
+                        f"rows 'K/V{o['suffix']}' and a ratio table ({' '.join(f'{k}={v}' for k, v in o['env'].items())})")
     ap.add_argument("-o", "--out", default=str(ROOT / "docs" / "results" / "gpu-speed"))
     args = ap.parse_args()
 
@@ -170,7 +167,7 @@ def main() -> int:
         ap.error(str(e))
     ab = [name for name in AB if getattr(args, name)]
     if len(ab) > 1:
-        ap.error("--sinks, --vector and --unfused each compare against the default rows: use one per run")
+        ap.error(f"{', '.join('--' + n for n in AB)} each compare against the default rows: use one per run")
     caches = [(c.split("/") + c.split("/"))[:2] for c in args.caches.split(",")]
     for k, v in caches:
         for t in (k, v):

@@ -45,7 +45,24 @@ from tq_gguf.calib import fit as fitmod  # noqa: E402
 # llama.cpp's RoPE layout per architecture (llama_model_rope_type): "norm" rotates the pairs
 # (2i, 2i+1), "neox" the pairs (i, i + d/2)
 ROPE_TYPE = {"llama": "norm", "mistral3": "norm", "granite": "norm",
-             "qwen2": "neox", "qwen3": "neox", "olmo2": "neox", "phi3": "neox"}
+             "qwen2": "neox", "qwen3": "neox", "olmo2": "neox", "phi3": "neox", "gemma3": "neox"}
+
+
+def layer_attention(fields, arch: str, n_layer: int, d: int) -> list[tuple[float, float, int | None]]:
+    """(RoPE base, kq scale, sliding window or None) of every layer, as llama.cpp builds them.
+    gemma3: Q is scaled in the graph before attention (kq scale 1), and with a sliding window
+    every `pattern`-th layer is global (rope.freq_base) and the others local (rope.freq_base_swa)."""
+    def get(key, default=None):
+        f = fields.get(f"{arch}.{key}")
+        return f.contents() if f is not None else default
+    base = float(get("rope.freq_base", 10000.0))
+    scale = 1.0 if arch == "gemma3" else float(get("attention.scale", d ** -0.5))
+    swa = int(get("attention.sliding_window", 0)) if arch == "gemma3" else 0
+    if not swa:
+        return [(base, scale, None)] * n_layer
+    pattern = int(get("attention.sliding_window_pattern", 6))
+    base_swa = float(get("rope.freq_base_swa", 10000.0))
+    return [(base_swa, scale, swa) if il % pattern < pattern - 1 else (base, scale, None) for il in range(n_layer)]
 
 
 def rope_pairs(d: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
@@ -95,35 +112,15 @@ class RawCapture(cap.Capture):
         return {k: np.concatenate(v) for k, v in self.raw.items()}
 
 
-def whiten(p: np.ndarray, q: np.ndarray, alpha: float) -> np.ndarray:
-    """calibrate's whitening B = G^(2 alpha), G = P^-1 # Q (fit.py), at unit gain."""
-    p, q = fitmod._ridge(p, 1e-3), fitmod._ridge(q, 1e-3)
-    ph, pmh = fitmod._sym_pow(p, 0.5), fitmod._sym_pow(p, -0.5)
-    g = pmh @ fitmod._sym_pow(ph @ q @ ph, 0.5) @ pmh
-    return fitmod._unit_gain(fitmod._sym_pow(g, 2 * alpha))
-
-
-def errors(q, k, kh, v, scale: float) -> tuple[float, float]:
-    """Mean over query heads of the attention-output error and the attention-weight KL (second half)."""
-    t, n_q, d = q.shape
-    g = n_q // k.shape[1]
-    hide = np.triu(np.ones((t, t), bool), 1)
-    half = slice(t // 2, t)
-    oe, kl = [], []
-    for h in range(n_q):
-        j = h // g
-        lp = []
-        for kk in (k, kh):
-            s = (q[:, h] @ kk[:, j].T) * scale
-            s[hide] = -np.inf
-            s -= s.max(1, keepdims=True)
-            lp.append(s - np.log(np.exp(s).sum(1, keepdims=True)))
-        p, ph = np.exp(lp[0][half]), np.exp(lp[1][half])
-        o, oh = p @ v[:, j], ph @ v[:, j]
-        oe.append(((o - oh) ** 2).sum() / (o ** 2).sum())
-        with np.errstate(invalid="ignore"):  # -inf - -inf where both hide a key
-            kl.append(np.where(p > 0, p * (lp[0][half] - lp[1][half]), 0.0).sum(1).mean())
-    return float(np.mean(oe)), float(np.mean(kl))
+def errors(q, k, kh, v, scale: float, window: int | None) -> tuple[float, float]:
+    """Attention-output error (mean over query heads of ||o - o_hat||^2 / ||o||^2) and the
+    attention-weight KL, over the second half of the window."""
+    ref = attnsim.attention(q, k, v, "f32", "f32", scale=scale, window=window)
+    got = attnsim.attention(q, kh, v, "f32", "f32", scale=scale, window=window)
+    half = slice(q.shape[0] // 2, q.shape[0])
+    o, oh = ref.out[half], got.out[half]
+    oe = ((o - oh) ** 2).sum(axis=(0, 2)) / (o ** 2).sum(axis=(0, 2))
+    return float(oe.mean()), attnsim.kl_divergence(ref.probs[:, half], got.probs[:, half])
 
 
 def main() -> int:
@@ -143,12 +140,10 @@ def main() -> int:
     info = cal.model_info(a.model)
     arch = info["arch"]
     if arch not in ROPE_TYPE:
-        print(f"{arch}: not simulated here (RoPE layout or sliding-window attention not modelled)", file=sys.stderr)
+        print(f"{arch}: not simulated here (its RoPE layout is not in ROPE_TYPE)", file=sys.stderr)
         return 2
     fields = gguf.GGUFReader(str(a.model)).fields
-    base = float(fields[f"{arch}.rope.freq_base"].contents()) if f"{arch}.rope.freq_base" in fields else 10000.0
-    scale_f = fields.get(f"{arch}.attention.scale")
-    scale = float(scale_f.contents()) if scale_f is not None else info["d_k"] ** -0.5
+    per_layer = layer_attention(fields, arch, info["n_layer"], info["d_k"])
     kind = ROPE_TYPE[arch]
 
     model = runtime.Model(a.model)
@@ -175,6 +170,7 @@ def main() -> int:
     print("| layer | " + " | ".join(f"{n} out err | {n} attn KL" for n in names) + " |")
     print("|---|" + "---|---|" * len(names))
     for il in layers:
+        base, scale, window = per_layer[il]
         ks = np.concatenate([w[("k", il)][ns:] for w in calw])
         qs = np.concatenate([w[("q", il)][ns:] for w in calw])
         h, d = ks.shape[1], ks.shape[2]
@@ -189,7 +185,7 @@ def main() -> int:
         def fit(x):
             mu = x.mean(0)
             cov = np.einsum("thi,thj->hij", x - mu, x - mu) / len(x)
-            return [(r @ whiten(cov[j], q2[j], a.alpha), mu[j]) for j in range(h)]
+            return [(r @ fitmod._unit_gain(fitmod.whiten_matrix(cov[j], q2[j], a.alpha)), mu[j]) for j in range(h)]
 
         fits = {"whiten": (fit(ks), None), "whiten+pos": (fit(res), m)}
         acc = {n: np.zeros(2) for n in names}
@@ -214,7 +210,7 @@ def main() -> int:
                 cands[name] = np.stack(kh, 1)
             for name, kh in cands.items():
                 kh[:ns] = k[:ns]
-                acc[name] += np.array(errors(q, k, kh, v, scale)) / len(test)
+                acc[name] += np.array(errors(q, k, kh, v, scale, window)) / len(test)
         for n in names:
             total[n] += acc[n]
         print(f"| {il} | " + " | ".join(f"{acc[n][0]:.4f} | {acc[n][1]:.4f}" for n in names) + " |", flush=True)

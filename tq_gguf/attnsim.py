@@ -52,10 +52,13 @@ def _softmax(s: np.ndarray) -> np.ndarray:
 
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, k_type: str = "f16",
               v_type: str = "f16", rotate: bool = True, causal: bool = True,
-              kv_offset: int | None = None) -> AttnResult:
+              kv_offset: int | None = None, scale: float | None = None,
+              window: int | None = None) -> AttnResult:
     """Attention of q [n_q, n_head, d] over a k/v cache [n_kv, n_head_kv, d].
 
-    GQA: query head h reads kv head h // (n_head // n_head_kv). Scale 1/sqrt(d).
+    GQA: query head h reads kv head h // (n_head // n_head_kv). Scale: ``scale``,
+    default 1/sqrt(d). ``window``: llama.cpp's standard sliding window (a query
+    does not see keys ``window`` or more positions back).
     Causal: query i sits at absolute position kv_offset + i (default
     n_kv - n_q, i.e. the queries are the last n_q tokens) and sees kv
     positions <= its own.
@@ -89,13 +92,15 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, k_type: str = "f16",
     kv_head = np.arange(n_head) // (n_head // n_head_kv)
     kq = kh[:, kv_head, :]  # [n_kv, n_head, d]
     vq = vh[:, kv_head, :]
-    scores = np.einsum("ihd,jhd->hij", qq, kq) / np.sqrt(d)
+    scores = np.einsum("ihd,jhd->hij", qq, kq) * (1.0 / np.sqrt(d) if scale is None else scale)
     if causal:
         off = n_kv - n_q if kv_offset is None else int(kv_offset)
         if off < 0:
             raise ValueError(f"query 0 at position {off}: it would see no kv entries")
         pos_q = off + np.arange(n_q)
         mask = np.arange(n_kv)[None, :] > pos_q[:, None]  # [n_q, n_kv]
+        if window:
+            mask |= pos_q[:, None] - np.arange(n_kv)[None, :] >= window
         scores = np.where(mask[None], -np.inf, scores)
     probs = _softmax(scores)
     out = np.einsum("hij,jhd->ihd", probs, vq)

@@ -98,6 +98,16 @@ def _sink_exact(a: np.ndarray, x: np.ndarray) -> bool:
     return all(np.abs(turbo.roundtrip(y, t) - y).max() <= 2e-3 * np.abs(y).max() for t in ("turbo3", "turbo2"))
 
 
+def whiten_matrix(p: np.ndarray, q: np.ndarray, alpha: float, ridge: float = 1e-3) -> np.ndarray:
+    """The `whiten` kind's B = G^(2 alpha), G = P^-1 # Q = P^-1/2 (P^1/2 Q P^1/2)^1/2 P^-1/2
+    (P the key covariance, Q the query second moment, both ridged); alpha = 1/4 is the full
+    balance, as for `scale`."""
+    p, q = _ridge(p, ridge), _ridge(q, ridge)
+    ph, pmh = _sym_pow(p, 0.5), _sym_pow(p, -0.5)
+    g = pmh @ _sym_pow(ph @ q @ ph, 0.5) @ pmh
+    return _sym_pow(g, 2 * alpha)
+
+
 def fit_layer(st: LayerStats, k_kind: str, v_kind: str, offsets: bool = True, ridge: float = 1e-3,
               sink: bool = False, alpha: float = 0.25) -> LayerTransform:
     if k_kind not in K_KINDS or v_kind not in V_KINDS:
@@ -121,12 +131,8 @@ def fit_layer(st: LayerStats, k_kind: str, v_kind: str, offsets: bool = True, ri
             qq = np.clip(np.diag(q2[j]), 1e-12, None)
             s = (qq / var) ** alpha
             a = np.diag(s)
-        else:  # whiten: G = P^-1 # Q = P^-1/2 (P^1/2 Q P^1/2)^1/2 P^-1/2
-            p = _ridge(kc[j], ridge)
-            q = _ridge(q2[j], ridge)
-            ph, pmh = _sym_pow(p, 0.5), _sym_pow(p, -0.5)
-            g = pmh @ _sym_pow(ph @ q @ ph, 0.5) @ pmh
-            a = _sym_pow(g, 2 * alpha)  # alpha = 1/4: the full balance, as for `scale`
+        else:
+            a = whiten_matrix(kc[j], q2[j], alpha, ridge)
         a = _unit_gain(a)
         if k_kind != "rotate" and offsets:
             c_k[j] = st.k_mean()[j]

@@ -38,3 +38,19 @@ def test_rope_pairs_match_llama_layouts():
     assert list(i0) == [0, 2, 4, 6] and list(i1) == [1, 3, 5, 7]
     i0, i1 = kos.rope_pairs(8, "neox")
     assert list(i0) == [0, 1, 2, 3] and list(i1) == [4, 5, 6, 7]
+
+
+def test_attnsim_window_and_scale():
+    from tq_gguf import attnsim
+    rng = np.random.default_rng(1)
+    q, k, v = rng.standard_normal((6, 2, 64)), rng.standard_normal((6, 1, 64)), rng.standard_normal((6, 1, 64))
+    # a window of 1: every query sees only its own key, so its output is its own value
+    r = attnsim.attention(q, k, v, "f32", "f32", window=1)
+    np.testing.assert_allclose(r.out[:, 0], v[:, 0], atol=1e-6)
+    w2 = attnsim.attention(q, k, v, "f32", "f32", window=2)
+    assert np.all(np.isinf(w2.scores[:, 3, :2])) and np.all(np.isfinite(w2.scores[:, 3, 2:4]))
+    # the default scale is 1/sqrt(d); an explicit one scales the scores
+    a = attnsim.attention(q, k, v, "f32", "f32")
+    b = attnsim.attention(q, k, v, "f32", "f32", scale=0.5)
+    fin = np.isfinite(a.scores)
+    np.testing.assert_allclose(b.scores[fin], a.scores[fin] * 0.5 * 8.0, rtol=1e-6)

@@ -27,6 +27,14 @@
 // the vector kernel (same output layout). Sink store rows run through the same path from
 // global memory, in the first parallel block. When turbo-fuse.cu skips the graph's rotation
 // nodes, the kernel rotates Q (side.q_rot) and its output (side.o_rot) itself.
+//
+// Short context (docs/results/cuda.md, 2026-11-23 (3)): with at most one tile per warp the kernel
+// runs each instruction once per layer, and a tile's code costs about twice as much the first time
+// as the second (it is fetched from L2 or memory, the weights stream through L2 between layers):
+// up to TQ_MMA_SHORT_KV positions the tile loops are rolled (ROLL). A tile whose 32 mask values are
+// all -inf is skipped (exact: it would leave the softmax state unchanged). The prologue issues the
+// first tile's loads before Q's rotation (its scratch is the last staging stage), loads the sink
+// cells alongside Q and rotates only the group's valid heads; the sink rows go to the last warp.
 #pragma once
 
 #include "common.cuh"
@@ -156,7 +164,7 @@ static __device__ __forceinline__ void tq_stage_rows(uint8_t * dst, const char *
     }
 }
 
-template <int D, ggml_type type_K, ggml_type type_V, int STAGES, int MINB, int MODE>
+template <int D, ggml_type type_K, ggml_type type_V, int STAGES, int MINB, int MODE, bool ROLL>
 __launch_bounds__(128, MINB)
 static __global__ void flash_attn_ext_mma_turbo(
         const char * Q_ptr,
@@ -202,6 +210,7 @@ static __global__ void flash_attn_ext_mma_turbo(
     extern __shared__ __align__(16) uint8_t smem[];   // staging, then the warps' outputs (tq_mma_smem_bytes)
     __shared__ float2 meta_s[nwarps][G];
     __shared__ int side_cells[TQ_FATTN_SIDE_MAX];
+    __shared__ int2 side_rng[nwarps];
 
     const int lane = threadIdx.x;
     const int warp = threadIdx.y;
@@ -225,35 +234,65 @@ static __global__ void flash_attn_ext_mma_turbo(
     const tq_cb16 tk = tq_cb16_load<type_K>();
     const tq_cb16 tv = tq_cb16_load<type_V>();
 
+    const int n_side = side.k ? side.n_slot : 0;
+    const int kstep  = gridDim.y*nwarps*ROWS;
+    const int kfirst = blockIdx.y*nwarps*ROWS;
+    const int side_w = nwarps - 1 - warp;     // sink rows 16*side_w.. (the last warp first: at short
+                                              // context its own tile is the likeliest to be masked)
+
+    ggml_cuda_pdl_sync();
+    const int k_max = KV_max_ptr ? min(KV_max_ptr[sequence*gridDim.x + blockIdx.x], ne11) : ne11;
+
+    // ---- staging: STAGES-deep ring per warp: iteration i lives in stage i % STAGES; STAGES-1
+    // iterations are in flight while one is computed (one commit group per iteration, empty past
+    // the end). The first ones are issued before anything else, Q's rotation uses the last stage.
+    static_assert(STAGES >= 2 && STAGE_BYTES >= (G/nwarps)*D*int(sizeof(float)), "Q rotation scratch");
+    uint8_t * stage0 = smem + warp*STAGES*STAGE_BYTES;
+    auto issue = [&](const int k0i, const int st) {
+        if (MODE != 2 && k0i < k_max) {
+            uint8_t * sk = stage0 + st*STAGE_BYTES;
+            tq_stage_rows<ROWS, NB*BK>(sk,           Kh, nb11, k0i + warp*ROWS, k_max, ne11 - 1, lane);
+            tq_stage_rows<ROWS, NB*BV>(sk + ROWS*SK, Vh, nb21, k0i + warp*ROWS, k_max, ne11 - 1, lane);
+        }
+        tq_cp_async_commit();
+    };
+#pragma unroll
+    for (int i = 0; i < STAGES - 1; ++i) {
+        issue(kfirst + i*kstep, i);
+    }
+
+    // the stream's replaced cells (sink store), loaded now, stored to shared memory below
+    int cell_r[TQ_FATTN_SIDE_MAX/(nwarps*WARP_SIZE)];
+#pragma unroll
+    for (int i = 0; i < TQ_FATTN_SIDE_MAX/(nwarps*WARP_SIZE); ++i) {
+        const int j = i*nwarps*WARP_SIZE + warp*WARP_SIZE + lane;
+        cell_r[i] = j < n_side ? side.cells[sequence*n_side + j] : -1;
+    }
+
     // Q of head g as A fragments: dims 16ks + 2u (+1) and 16ks + 2u + 8 (+9), times scale
     uint32_t qa[D/16][2];
-    ggml_cuda_pdl_sync();
+    // Q rotation scratch: head h's row in the last stage of warp h % nwarps
+    auto q_row = [&](const int h) {
+        return (float *) (smem + ((h % nwarps)*STAGES + STAGES - 1)*STAGE_BYTES) + (h / nwarps)*D;
+    };
     if (side.q_rot) {
         // Q unrotated (turbo-fuse.cu skipped the rotation node): warps rotate the heads' rows into
         // shared memory first, with the rotation kernel's arithmetic
-        float * qr = (float *) smem;   // [G][D], before the staging ring is used
 #pragma unroll 1
-        for (int h = warp; h < G; h += nwarps) {
-            const float * Qh = (const float *) (Q_ptr + nb03*sequence + int64_t(nb02)*(head0 + min(h, nh - 1)) + int64_t(nb01)*ic0);
+        for (int h = warp; h < nh; h += nwarps) {
+            const float * Qh = (const float *) (Q_ptr + nb03*sequence + int64_t(nb02)*(head0 + h) + int64_t(nb01)*ic0);
             float reg[D/32];
 #pragma unroll
             for (int i = 0; i < D/32; ++i) {
                 reg[i] = Qh[i*32 + lane];
             }
             tq_fwht_regs<D>(reg, side.q_rot, 1.0f/sqrtf((float) D), lane);
+            float * qr = q_row(h);
 #pragma unroll
             for (int i = 0; i < D/32; ++i) {
-                qr[h*D + i*32 + lane] = reg[i];
+                qr[i*32 + lane] = reg[i];
             }
         }
-        __syncthreads();
-#pragma unroll
-        for (int ks = 0; ks < D/16; ++ks) {
-            const int i = 16*ks + 2*u;
-            qa[ks][0] = g < nh ? tq_pack_h2(qr[g*D + i    ]*scale, qr[g*D + i + 1]*scale) : 0u;
-            qa[ks][1] = g < nh ? tq_pack_h2(qr[g*D + i + 8]*scale, qr[g*D + i + 9]*scale) : 0u;
-        }
-        __syncthreads();
     } else {
         const float * Qg = (const float *) (Q_ptr + nb03*sequence + int64_t(nb02)*(head0 + min(g, nh - 1)) + int64_t(nb01)*ic0);
 #pragma unroll
@@ -263,23 +302,40 @@ static __global__ void flash_attn_ext_mma_turbo(
             qa[ks][1] = g < nh ? tq_pack_h2(Qg[i + 8]*scale, Qg[i + 9]*scale) : 0u;
         }
     }
-
-    const int n_side = side.k ? side.n_slot : 0;
-    for (int j = warp*WARP_SIZE + lane; j < n_side; j += nwarps*WARP_SIZE) {
-        side_cells[j] = side.cells[sequence*n_side + j];
-    }
-    __syncthreads();
-
-    const int k_max = KV_max_ptr ? min(KV_max_ptr[sequence*gridDim.x + blockIdx.x], ne11) : ne11;
-
+    // and the range of the replaced cells (uniform per block): per warp from the registers
     int side_lo = 0x7fffffff;
     int side_hi = -1;
-    for (int j = 0; j < n_side; ++j) {
-        const int c = side_cells[j];
-        if (c >= 0) {
-            side_lo = min(side_lo, c);
-            side_hi = max(side_hi, c);
+#pragma unroll
+    for (int i = 0; i < TQ_FATTN_SIDE_MAX/(nwarps*WARP_SIZE); ++i) {
+        const int j = i*nwarps*WARP_SIZE + warp*WARP_SIZE + lane;
+        if (j < n_side) {
+            side_cells[j] = cell_r[i];
         }
+        if (cell_r[i] >= 0) {
+            side_lo = min(side_lo, cell_r[i]);
+            side_hi = max(side_hi, cell_r[i]);
+        }
+    }
+    side_lo = __reduce_min_sync(0xFFFFFFFF, side_lo);
+    side_hi = __reduce_max_sync(0xFFFFFFFF, side_hi);
+    if (lane == 0) {
+        side_rng[warp] = make_int2(side_lo, side_hi);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int w = 0; w < nwarps; ++w) {
+        side_lo = min(side_lo, side_rng[w].x);
+        side_hi = max(side_hi, side_rng[w].y);
+    }
+    if (side.q_rot) {
+        const float * qr = q_row(min(g, nh - 1));
+#pragma unroll
+        for (int ks = 0; ks < D/16; ++ks) {
+            const int i = 16*ks + 2*u;
+            qa[ks][0] = g < nh ? tq_pack_h2(qr[i    ]*scale, qr[i + 1]*scale) : 0u;
+            qa[ks][1] = g < nh ? tq_pack_h2(qr[i + 8]*scale, qr[i + 9]*scale) : 0u;
+        }
+        __syncthreads();   // the scratch is a staging stage again
     }
 
     // each row's offset within its first chunk (computed, not branched on: a branch on the row
@@ -337,34 +393,96 @@ static __global__ void flash_attn_ext_mma_turbo(
         return kp < k_max ? x : -INFINITY;
     };
 
+    // S of the 8 positions kp0 + 8nt.. (K sub-tile nt): this lane's two scores, before finish_score
+    auto k_sub = [&](const uint8_t * sk, const int kp0, const int nt, float & s0, float & s1) {
+        const uint8_t * rowb = sk + (8*nt + g)*SK + k_off(kp0 + 8*nt + g);
+        const int kc = kp0 + 8*nt + 2*u;
+        const uint8_t * rc0 = sk + (8*nt + 2*u    )*SK + k_off(kc);
+        const uint8_t * rc1 = sk + (8*nt + 2*u + 1)*SK + k_off(kc + 1);
+        s0 = 0.0f;
+        s1 = 0.0f;
+#pragma unroll
+        for (int b = 0; b < NB; ++b) {
+            const uint8_t * blk = rowb + b*BK;
+            uint32_t X, H;
+            tq_k_words<HK>(blk, u, X, H);
+            float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            uint32_t b0, b1;
+            tq_lookup4(tq_idx<HK, 0>(X, H), tk, b0, b1); tq_mma_16816(c, qa[4*b + 0][0], 0u, qa[4*b + 0][1], 0u, b0, b1);
+            tq_lookup4(tq_idx<HK, 1>(X, H), tk, b0, b1); tq_mma_16816(c, qa[4*b + 1][0], 0u, qa[4*b + 1][1], 0u, b0, b1);
+            tq_lookup4(tq_idx<HK, 2>(X, H), tk, b0, b1); tq_mma_16816(c, qa[4*b + 2][0], 0u, qa[4*b + 2][1], 0u, b0, b1);
+            tq_lookup4(tq_idx<HK, 3>(X, H), tk, b0, b1); tq_mma_16816(c, qa[4*b + 3][0], 0u, qa[4*b + 3][1], 0u, b0, b1);
+            s0 += __half2float(*(const half *) (rc0 + b*BK))*c[0];
+            s1 += __half2float(*(const half *) (rc1 + b*BK))*c[1];
+        }
+    };
+
+    // Oᵀ += Vᵀ Pᵀ over the 16 positions kp0 + 16t..; p: this lane's P at rows 2u, 2u+1 (pair A)
+    // and 2u+8, 2u+9 (pair B) of them. Rows g and g+8 of m-tile mt are dims 16mt + 2g and
+    // 16mt + 2g + 1 (a permutation of the dims, undone when the outputs are stored), so a row's
+    // two dims sit in adjacent qs and qh bytes.
+    auto v_step = [&](const uint8_t * sv, const int kp0, const int t, const float p0, const float p1, const float p2, const float p3) {
+        const int kt = kp0 + 16*t;
+        const int ra = 16*t + 2*u;
+        const uint8_t * va0 = sv + (ra    )*SV + v_off(kt + 2*u);
+        const uint8_t * va1 = sv + (ra + 1)*SV + v_off(kt + 2*u + 1);
+        const uint8_t * vb0 = sv + (ra + 8)*SV + v_off(kt + 2*u + 8);
+        const uint8_t * vb1 = sv + (ra + 9)*SV + v_off(kt + 2*u + 9);
+#pragma unroll
+        for (int b = 0; b < NB; ++b) {
+            const int bo = b*BV;
+            const uint32_t pb0 = tq_pack_h2(p0*__half2float(*(const half *) (va0 + bo)), p1*__half2float(*(const half *) (va1 + bo)));
+            const uint32_t pb1 = tq_pack_h2(p2*__half2float(*(const half *) (vb0 + bo)), p3*__half2float(*(const half *) (vb1 + bo)));
+            uint32_t XA, HA, XB, HB;
+            tq_v_words<HV>(va0 + bo, va1 + bo, g, XA, HA);
+            tq_v_words<HV>(vb0 + bo, vb1 + bo, g, XB, HB);
+            uint32_t a0, a1, a2, a3;
+            tq_lookup4(tq_idx<HV, 0>(XA, HA), tv, a0, a1); tq_lookup4(tq_idx<HV, 0>(XB, HB), tv, a2, a3); tq_mma_16816(O[4*b + 0], a0, a1, a2, a3, pb0, pb1);
+            tq_lookup4(tq_idx<HV, 1>(XA, HA), tv, a0, a1); tq_lookup4(tq_idx<HV, 1>(XB, HB), tv, a2, a3); tq_mma_16816(O[4*b + 1], a0, a1, a2, a3, pb0, pb1);
+            tq_lookup4(tq_idx<HV, 2>(XA, HA), tv, a0, a1); tq_lookup4(tq_idx<HV, 2>(XB, HB), tv, a2, a3); tq_mma_16816(O[4*b + 2], a0, a1, a2, a3, pb0, pb1);
+            tq_lookup4(tq_idx<HV, 3>(XA, HA), tv, a0, a1); tq_lookup4(tq_idx<HV, 3>(XB, HB), tv, a2, a3); tq_mma_16816(O[4*b + 3], a0, a1, a2, a3, pb0, pb1);
+        }
+    };
+
     // ---- the warp's 32 staged rows (positions kp0..): S for 4 tiles of 8, one softmax step,
-    // then Oᵀ over 2 steps of 16; mk: mask values of the lane's 8 scores
+    // then Oᵀ over 2 steps of 16; mk: mask values of the lane's 8 scores.
+    // ROLL (short context): the 4 K sub-tiles and the 2 V steps run as loops, not unrolled copies
+    // (a quarter and a half of their unrolled code): a kernel that runs once per layer fetches
+    // each instruction from L2 or memory (the values move through sc and mr by shifts, so that
+    // no array is indexed at run time)
     auto cache_tile = [&](const uint8_t * sk, const uint8_t * sv, const int kp0, const float (&mk)[8]) {
         float sc[8];
+        if constexpr (ROLL) {
+            float mr[8];
 #pragma unroll
-        for (int nt = 0; nt < 4; ++nt) {
-            const uint8_t * rowb = sk + (8*nt + g)*SK + k_off(kp0 + 8*nt + g);
-            const int kc = kp0 + 8*nt + 2*u;
-            const uint8_t * rc0 = sk + (8*nt + 2*u    )*SK + k_off(kc);
-            const uint8_t * rc1 = sk + (8*nt + 2*u + 1)*SK + k_off(kc + 1);
-            float s0 = 0.0f;
-            float s1 = 0.0f;
-#pragma unroll
-            for (int b = 0; b < NB; ++b) {
-                const uint8_t * blk = rowb + b*BK;
-                uint32_t X, H;
-                tq_k_words<HK>(blk, u, X, H);
-                float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-                uint32_t b0, b1;
-                tq_lookup4(tq_idx<HK, 0>(X, H), tk, b0, b1); tq_mma_16816(c, qa[4*b + 0][0], 0u, qa[4*b + 0][1], 0u, b0, b1);
-                tq_lookup4(tq_idx<HK, 1>(X, H), tk, b0, b1); tq_mma_16816(c, qa[4*b + 1][0], 0u, qa[4*b + 1][1], 0u, b0, b1);
-                tq_lookup4(tq_idx<HK, 2>(X, H), tk, b0, b1); tq_mma_16816(c, qa[4*b + 2][0], 0u, qa[4*b + 2][1], 0u, b0, b1);
-                tq_lookup4(tq_idx<HK, 3>(X, H), tk, b0, b1); tq_mma_16816(c, qa[4*b + 3][0], 0u, qa[4*b + 3][1], 0u, b0, b1);
-                s0 += __half2float(*(const half *) (rc0 + b*BK))*c[0];
-                s1 += __half2float(*(const half *) (rc1 + b*BK))*c[1];
+            for (int i = 0; i < 8; ++i) {
+                mr[i] = mk[i];
+                sc[i] = 0.0f;
             }
-            sc[2*nt + 0] = finish_score(s0, kc,     mk[2*nt + 0]);
-            sc[2*nt + 1] = finish_score(s1, kc + 1, mk[2*nt + 1]);
+#pragma unroll 1
+            for (int nt = 0; nt < 4; ++nt) {
+                float s0, s1;
+                k_sub(sk, kp0, nt, s0, s1);
+                const int kc = kp0 + 8*nt + 2*u;
+                const float f0 = finish_score(s0, kc,     mr[0]);
+                const float f1 = finish_score(s1, kc + 1, mr[1]);
+#pragma unroll
+                for (int i = 0; i < 6; ++i) {
+                    sc[i] = sc[i + 2];
+                    mr[i] = mr[i + 2];
+                }
+                sc[6] = f0;
+                sc[7] = f1;
+            }
+        } else {
+#pragma unroll
+            for (int nt = 0; nt < 4; ++nt) {
+                float s0, s1;
+                k_sub(sk, kp0, nt, s0, s1);
+                const int kc = kp0 + 8*nt + 2*u;
+                sc[2*nt + 0] = finish_score(s0, kc,     mk[2*nt + 0]);
+                sc[2*nt + 1] = finish_score(s1, kc + 1, mk[2*nt + 1]);
+            }
         }
         if (n_side > 0 && kp0 + 32 > side_lo && kp0 <= side_hi) {
             // replaced cells score -inf here (the sink store holds them exactly)
@@ -378,62 +496,29 @@ static __global__ void flash_attn_ext_mma_turbo(
             }
         }
         softmax(sc);
-
+        if constexpr (ROLL) {
+#pragma unroll 1
+            for (int t = 0; t < 2; ++t) {
+                v_step(sv, kp0, t, sc[0], sc[1], sc[2], sc[3]);
 #pragma unroll
-        for (int t = 0; t < 2; ++t) {
-        const int t0 = 16*t;
-        const int kt = kp0 + 16*t;
-        // Oᵀ += Vᵀ Pᵀ over rows 2u, 2u+1 (pair A) and 2u+8, 2u+9 (pair B) of the tile. Rows g and
-        // g+8 of m-tile mt are dims 16mt + 2g and 16mt + 2g + 1 (a permutation of the dims, undone
-        // when the outputs are stored), so a row's two dims sit in adjacent qs and qh bytes.
-        const int ra = t0 + 2*u;
-        const uint8_t * va0 = sv + (ra    )*SV + v_off(kt + 2*u);
-        const uint8_t * va1 = sv + (ra + 1)*SV + v_off(kt + 2*u + 1);
-        const uint8_t * vb0 = sv + (ra + 8)*SV + v_off(kt + 2*u + 8);
-        const uint8_t * vb1 = sv + (ra + 9)*SV + v_off(kt + 2*u + 9);
+                for (int i = 0; i < 4; ++i) {
+                    sc[i] = sc[i + 4];
+                }
+            }
+        } else {
 #pragma unroll
-        for (int b = 0; b < NB; ++b) {
-            const int bo = b*BV;
-            const uint32_t pb0 = tq_pack_h2(sc[4*t + 0]*__half2float(*(const half *) (va0 + bo)), sc[4*t + 1]*__half2float(*(const half *) (va1 + bo)));
-            const uint32_t pb1 = tq_pack_h2(sc[4*t + 2]*__half2float(*(const half *) (vb0 + bo)), sc[4*t + 3]*__half2float(*(const half *) (vb1 + bo)));
-            uint32_t XA, HA, XB, HB;
-            tq_v_words<HV>(va0 + bo, va1 + bo, g, XA, HA);
-            tq_v_words<HV>(vb0 + bo, vb1 + bo, g, XB, HB);
-            uint32_t a0, a1, a2, a3;
-            tq_lookup4(tq_idx<HV, 0>(XA, HA), tv, a0, a1); tq_lookup4(tq_idx<HV, 0>(XB, HB), tv, a2, a3); tq_mma_16816(O[4*b + 0], a0, a1, a2, a3, pb0, pb1);
-            tq_lookup4(tq_idx<HV, 1>(XA, HA), tv, a0, a1); tq_lookup4(tq_idx<HV, 1>(XB, HB), tv, a2, a3); tq_mma_16816(O[4*b + 1], a0, a1, a2, a3, pb0, pb1);
-            tq_lookup4(tq_idx<HV, 2>(XA, HA), tv, a0, a1); tq_lookup4(tq_idx<HV, 2>(XB, HB), tv, a2, a3); tq_mma_16816(O[4*b + 2], a0, a1, a2, a3, pb0, pb1);
-            tq_lookup4(tq_idx<HV, 3>(XA, HA), tv, a0, a1); tq_lookup4(tq_idx<HV, 3>(XB, HB), tv, a2, a3); tq_mma_16816(O[4*b + 3], a0, a1, a2, a3, pb0, pb1);
-        }
+            for (int t = 0; t < 2; ++t) {
+                v_step(sv, kp0, t, sc[4*t + 0], sc[4*t + 1], sc[4*t + 2], sc[4*t + 3]);
+            }
         }
     };
-
-    // ---- main loop: each warp stages and processes 32 positions per iteration
-    // STAGES-deep ring per warp: iteration i lives in stage i % STAGES; STAGES-1 iterations
-    // are in flight while one is computed (one commit group per iteration, empty past the end)
-    uint8_t * stage0 = smem + warp*STAGES*STAGE_BYTES;
-    const int kstep = gridDim.y*nwarps*ROWS;
-    auto issue = [&](const int k0i, const int st) {
-        if (MODE != 2 && k0i < k_max) {
-            uint8_t * sk = stage0 + st*STAGE_BYTES;
-            tq_stage_rows<ROWS, NB*BK>(sk,           Kh, nb11, k0i + warp*ROWS, k_max, ne11 - 1, lane);
-            tq_stage_rows<ROWS, NB*BV>(sk + ROWS*SK, Vh, nb21, k0i + warp*ROWS, k_max, ne11 - 1, lane);
-        }
-        tq_cp_async_commit();
-    };
-
-    const int kfirst = blockIdx.y*nwarps*ROWS;
-#pragma unroll
-    for (int i = 0; i < STAGES - 1; ++i) {
-        issue(kfirst + i*kstep, i);
-    }
 
     // the sink store first: its global loads overlap the rows already in flight
     // ---- sink store: 16 slots per tile, exact f16 rows from global memory, first parallel block
     if (n_side > 0 && blockIdx.y == 0) {
         const char * Ks = side.k + sequence*side.nbk3 + int64_t(kv_head)*side.nbk2;
         const char * Vs = side.v + sequence*side.nbv3 + int64_t(kv_head)*side.nbv2;
-        for (int j0 = 16*warp; j0 < n_side; j0 += 16*nwarps) {
+        for (int j0 = 16*side_w; j0 < n_side; j0 += 16*nwarps) {
             float sc[4];
 #pragma unroll
             for (int nt = 0; nt < 2; ++nt) {
@@ -480,15 +565,24 @@ static __global__ void flash_attn_ext_mma_turbo(
         issue(k0 + (STAGES - 1)*kstep, (st + STAGES - 1) % STAGES);
         // mask values of the lane's 8 scores, loaded before waiting for the rows
         float mk[8];
+        bool live = false;
 #pragma unroll
         for (int i = 0; i < 8; ++i) {
-            mk[i] = maskh ? __half2float(maskh[min(k0 + warp*ROWS + 8*(i/2) + 2*u + i%2, k_max - 1)]) : 0.0f;
+            const int kp = k0 + warp*ROWS + 8*(i/2) + 2*u + i%2;
+            mk[i] = maskh ? __half2float(maskh[min(kp, k_max - 1)]) : 0.0f;
+            live = live || (kp < k_max && mk[i] != -INFINITY);
         }
+        // a tile whose scores are all -inf changes nothing (exactly: P = 0 and the running max
+        // stays), so it is skipped: at short context most of the cache view is masked
+        live = __any_sync(0xFFFFFFFF, live) || (side.off & TQ_OFF_SKIP);
         tq_cp_async_wait<STAGES - 1>();
         __syncwarp();
-        if constexpr (MODE != 1) {
+        if (MODE != 1 && MODE != 5 && live) {
             const uint8_t * sk = stage0 + st*STAGE_BYTES;
-            cache_tile(sk, sk + ROWS*SK, k0 + warp*ROWS, mk);
+#pragma unroll 1
+            for (int rep = 0; rep < (MODE == 4 ? 2 : 1); ++rep) {   // probe 4: the tile twice (the second time with its code cached)
+                cache_tile(sk, sk + ROWS*SK, k0 + warp*ROWS, mk);
+            }
         }
         __syncwarp();
         st = (st + 1) % STAGES;
@@ -615,23 +709,25 @@ static constexpr size_t tq_mma_smem_bytes() {
     return stage > comb ? stage : comb;
 }
 
-template <int D, ggml_type type_K, ggml_type type_V, int STAGES, int MINB, int MODE>
+template <int D, ggml_type type_K, ggml_type type_V, int STAGES, int MINB, int MODE, bool ROLL = false>
 static void ggml_cuda_flash_attn_ext_mma_turbo_launch(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
     constexpr int nwarps = 4;
     constexpr size_t nbytes = tq_mma_smem_bytes<D, type_K, type_V, STAGES>();
     GGML_ASSERT((!dst->src[5] || dst->src[5]->ne[1] <= TQ_FATTN_SIDE_MAX) && "sink store larger than the decode kernel takes");
-    tq_fattn_kernel_t kernel = flash_attn_ext_mma_turbo<D, type_K, type_V, STAGES, MINB, MODE>;
+    tq_fattn_kernel_t kernel = flash_attn_ext_mma_turbo<D, type_K, type_V, STAGES, MINB, MODE, ROLL>;
     CUDA_SET_SHARED_MEMORY_LIMIT((const void *) kernel, nbytes);
     launch_fattn<D, 1, 8>(ctx, dst, nullptr, nwarps, nbytes, nwarps*32, false, false, false, false, WARP_SIZE, kernel);
 }
 
-// TQ_FA_TURBO_PROBE=loads|compute|none (measurements only, head 128 turbo3/turbo3): run the kernel
-// with its cache-row loads but no decode/math, the math on whatever the staging buffers hold, or
-// nothing (wrong results): what each part costs (docs/results/cuda.md)
+// TQ_FA_TURBO_PROBE=loads|compute|none|twice|notile (measurements only, head 128 turbo3/turbo3): run
+// the kernel with its cache-row loads but no decode/math, the math on whatever the staging buffers
+// hold, nothing, every unmasked tile twice (the second time with its code cached), or no tile at
+// all (wrong results): what each part costs (docs/results/cuda.md)
 static int tq_mma_probe() {
     static const int v = [] {
         const char * e = getenv("TQ_FA_TURBO_PROBE");
-        return !e ? 0 : strcmp(e, "loads") == 0 ? 1 : strcmp(e, "compute") == 0 ? 2 : strcmp(e, "none") == 0 ? 3 : 0;
+        return !e ? 0 : strcmp(e, "loads") == 0 ? 1 : strcmp(e, "compute") == 0 ? 2 : strcmp(e, "none") == 0 ? 3 :
+                        strcmp(e, "twice") == 0 ? 4 : strcmp(e, "notile") == 0 ? 5 : 0;
     }();
     return v;
 }
@@ -653,6 +749,11 @@ static bool tq_fattn_mma_applies(const int cc, const ggml_type type_K, const ggm
     return turbo && tq_fattn_mma_enabled() && ampere_mma_available(cc) && cp_async_available(cc);
 }
 
+// the short-context kernel (rolled tile loops) up to this many KV positions in the view: up to
+// about 6K each warp takes at most one tile (launch_fattn's parallel blocks), so the tile's code
+// runs once per layer; measured at 256 (+1.3 to +2.1 % decode) and 4096 (no difference)
+#define TQ_MMA_SHORT_KV 4096
+
 template <int D, ggml_type type_K, ggml_type type_V>
 static void ggml_cuda_flash_attn_ext_mma_turbo(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
     if constexpr (D == 128 && type_K == GGML_TYPE_TURBO3 && type_V == GGML_TYPE_TURBO3) {
@@ -660,8 +761,14 @@ static void ggml_cuda_flash_attn_ext_mma_turbo(ggml_backend_cuda_context & ctx, 
             case 1: ggml_cuda_flash_attn_ext_mma_turbo_launch<D, type_K, type_V, 2, 2, 1>(ctx, dst); return;
             case 2: ggml_cuda_flash_attn_ext_mma_turbo_launch<D, type_K, type_V, 2, 2, 2>(ctx, dst); return;
             case 3: ggml_cuda_flash_attn_ext_mma_turbo_launch<D, type_K, type_V, 2, 2, 3>(ctx, dst); return;
+            case 4: ggml_cuda_flash_attn_ext_mma_turbo_launch<D, type_K, type_V, 2, 2, 4>(ctx, dst); return;
+            case 5: ggml_cuda_flash_attn_ext_mma_turbo_launch<D, type_K, type_V, 2, 2, 5>(ctx, dst); return;
             default: break;
         }
+    }
+    if (dst->src[1]->ne[1] <= TQ_MMA_SHORT_KV && !(tq_fattn_off() & TQ_OFF_ROLL)) {
+        ggml_cuda_flash_attn_ext_mma_turbo_launch<D, type_K, type_V, 2, 2, 0, true>(ctx, dst);
+        return;
     }
     ggml_cuda_flash_attn_ext_mma_turbo_launch<D, type_K, type_V, 2, 2, 0>(ctx, dst);
 }

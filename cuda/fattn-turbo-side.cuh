@@ -11,6 +11,7 @@
 
 #include "common.cuh"
 
+#include <cstdlib>
 #include <cstring>
 
 // op_params slots (int32 index, 8 bytes each) of a FLASH_ATTN_EXT copy that carry a rotation's
@@ -33,13 +34,27 @@ struct tq_fattn_side {
     const float * q_rot = nullptr;   // R's first row: rotate Q / the output (TQ_FA_OP_*)
     const float * o_rot = nullptr;
     int32_t o_n = 0;
+    int32_t off = 0;                 // TQ_FA_TURBO_OFF bits (measurements only): tq_fattn_off()
 };
+
+// TQ_FA_TURBO_OFF=bits turns parts of the tensor-core decode kernel's short-context path off, for
+// same-build comparisons (measurements only): 1 skipping fully masked tiles, 2 the rolled tile loops
+#define TQ_OFF_SKIP 1
+#define TQ_OFF_ROLL 2
+static int tq_fattn_off() {
+    static const int v = [] {
+        const char * e = getenv("TQ_FA_TURBO_OFF");
+        return e ? atoi(e) : 0;
+    }();
+    return v;
+}
 
 static tq_fattn_side tq_fattn_side_get(const ggml_tensor * dst) {
     tq_fattn_side side;
     memcpy(&side.q_rot, &dst->op_params[TQ_FA_OP_Q_ROT], sizeof(side.q_rot));
     memcpy(&side.o_rot, &dst->op_params[TQ_FA_OP_O_ROT], sizeof(side.o_rot));
     side.o_n = dst->op_params[TQ_FA_OP_O_N];
+    side.off = tq_fattn_off();
     const ggml_tensor * k = dst->src[5];
     const ggml_tensor * v = dst->src[6];
     const ggml_tensor * c = dst->src[7];

@@ -32,6 +32,7 @@ from ..bench.caches import BITS_PER_VALUE, Cache
 from ..bench.progress import bar
 from ..bench.report import file_sha256 as _sha256
 from ..codebook import CODEBOOKS
+from . import DEFAULT_CTX, DEFAULT_TOKENS
 from . import fit as fitmod
 from .capture import Capture
 from .schema import CalibError, Calibration, write_model, write_sidecar
@@ -70,11 +71,11 @@ CANDIDATES = (Candidate("whiten", "rotate", 0.125), Candidate("whiten", "rotate"
 @dataclass
 class Settings:
     text: Path | None = None          # calibration text (default: generated)
-    tokens: int = 8192                # calibration tokens
+    tokens: int = DEFAULT_TOKENS      # calibration tokens
     types: tuple[str, ...] = ("turbo3", "turbo2")
     budget_bpv: float | None = None   # per-layer policy budget
     heldout: Path | None = None       # validation text (default: generated with other prompts)
-    ctx: int = 1024                   # capture window and validation context
+    ctx: int = DEFAULT_CTX            # capture window and validation context
     val_chunks: int = 4
     sweep_chunks: int = 2
     threads: int = os.cpu_count() or 2

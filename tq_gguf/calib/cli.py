@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from ..errors import UsageError
+from . import DEFAULT_CTX, DEFAULT_TOKENS
 
 
 def _calibrate(a) -> int:
@@ -96,11 +97,13 @@ def add_parsers(sub) -> None:
                    help="calibration text (default: text the model generates itself)")
     c.add_argument("--heldout", type=Path, default=None,
                    help="validation text (default: generated from other prompts)")
-    c.add_argument("--tokens", type=int, default=8192, help="calibration tokens (default 8192)")
+    c.add_argument("--tokens", type=int, default=DEFAULT_TOKENS, help=f"calibration tokens (default {DEFAULT_TOKENS})")
     c.add_argument("--types", default="turbo3,turbo2", help="turbo types to validate; the first decides")
     c.add_argument("--budget-bpv", type=float, default=None,
                    help="choose a per-layer type policy within this many bits per value (e.g. 3.5)")
-    c.add_argument("--ctx", type=int, default=1024, help="window length for capture and validation (default 1024)")
+    c.add_argument("--ctx", type=int, default=DEFAULT_CTX,
+                   help=f"window length for capture and validation (default {DEFAULT_CTX}); "
+                        "key statistics depend on the positions seen, so match it to the context you serve at")
     c.add_argument("--sink-cells", type=int, default=None, metavar="N",
                    help="write turbo.sink_cells: the runtime keeps each sequence's first N positions exact "
                         "(default: not written; the runtime keeps 4)")

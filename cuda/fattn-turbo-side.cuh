@@ -37,10 +37,13 @@ struct tq_fattn_side {
     int32_t off = 0;                 // TQ_FA_TURBO_OFF bits (measurements only): tq_fattn_off()
 };
 
-// TQ_FA_TURBO_OFF=bits turns parts of the tensor-core decode kernel's short-context path off, for
-// same-build comparisons (measurements only): 1 skipping fully masked tiles, 2 the rolled tile loops
+// TQ_FA_TURBO_OFF=bits turns parts of the turbo FlashAttention paths off, for same-build comparisons
+// (measurements only): 1 skipping fully masked tiles, 2 the rolled tile loops (tensor-core decode
+// kernel); 4 the warp converter to f16 (turbo.cuh, TQ_OFF_CONV_WARP); 8 prefill's K/V conversion and
+// sink scatter done by turbo-fuse.cu (upstream's launch_fattn converts and scatters instead)
 #define TQ_OFF_SKIP 1
 #define TQ_OFF_ROLL 2
+#define TQ_OFF_PREFILL 8
 static int tq_fattn_off() {
     static const int v = [] {
         const char * e = getenv("TQ_FA_TURBO_OFF");
@@ -98,5 +101,45 @@ static void tq_fattn_side_scatter(const tq_fattn_side & side, bool is_k, half * 
         is_k ? side.k : side.v, side.cells, dst, D, side.n_slot, n_kv,
         is_k ? side.nbk1 : side.nbv1, is_k ? side.nbk2 : side.nbv2, is_k ? side.nbk3 : side.nbv3,
         nbd1, nbd2, nbd3);
+    CUDA_CHECK(cudaGetLastError());
+}
+
+// the scatter into both converted buffers in one launch (prefill, turbo-fuse.cu): blockIdx.z =
+// 2*stream + (0: K, 1: V); a null destination is skipped (an F16 cache holds the side rows already)
+struct tq_side_scatter_dst {
+    half * dst = nullptr;
+    const char * side = nullptr;
+    int32_t D = 0;
+    int32_t nbs1 = 0, nbs2 = 0; int64_t nbs3 = 0;   // side strides (bytes)
+    int64_t nbd1 = 0, nbd2 = 0, nbd3 = 0;           // converted buffer strides (bytes)
+};
+
+static __global__ void tq_fattn_side_scatter_kv_kernel(const tq_side_scatter_dst k, const tq_side_scatter_dst v,
+        const int32_t * cells, const int n_slot, const int n_kv) {
+    const int j = blockIdx.x;
+    const int h = blockIdx.y;
+    const int s = blockIdx.z / 2;
+    const tq_side_scatter_dst & t = blockIdx.z % 2 ? v : k;
+    if (!t.dst) {
+        return;
+    }
+    const int c = cells[s*n_slot + j];
+    if (c < 0 || c >= n_kv) {
+        return;
+    }
+    const half * src = (const half *) (t.side + j*t.nbs1 + h*t.nbs2 + s*t.nbs3);
+    half * out = (half *) ((char *) t.dst + c*t.nbd1 + h*t.nbd2 + s*t.nbd3);
+    for (int i = threadIdx.x; i < t.D; i += blockDim.x) {
+        out[i] = src[i];
+    }
+}
+
+static void tq_fattn_side_scatter_kv(const tq_fattn_side & side, const tq_side_scatter_dst & k, const tq_side_scatter_dst & v,
+        const int n_kv, const int n_head_kv, const int n_stream, cudaStream_t stream) {
+    if (!k.dst && !v.dst) {
+        return;
+    }
+    const dim3 blocks(side.n_slot, n_head_kv, 2*n_stream);
+    tq_fattn_side_scatter_kv_kernel<<<blocks, 128, 0, stream>>>(k, v, side.cells, side.n_slot, n_kv);
     CUDA_CHECK(cudaGetLastError());
 }

@@ -16,7 +16,9 @@
 // TQ_CUDA_FUSE=0 turns all of it off (for comparisons); so do GGML_CUDA_DISABLE_FUSION=1 and
 // GGML_CUDA_GRAPH_OPT=1 (concurrent streams would run a deferred node's work on another stream).
 #include "common.cuh"
+#include "convert.cuh"
 #include "fattn.cuh"
+#include "fattn-common.cuh"
 #include "fwht.cuh"
 #include "turbo.cuh"
 #include "turbo-fuse.cuh"
@@ -222,6 +224,123 @@ static void tq_rot_set_rows_launch(const ggml_tensor * rot, const ggml_tensor * 
     CUDA_CHECK(cudaGetLastError());
 }
 
+// ---- prefill attention on a turbo cache
+//
+// Batches the turbo decode kernels do not take run upstream's f16 kernels on K/V converted to f16.
+// Upstream's launch_fattn converts K and V in a launch each and the sink store adds a scatter each.
+// Here both conversions run in one launch (turbo.cuh's warp converter) and both scatters in one,
+// then upstream's kernel runs on f16 copies of the K/V nodes that point at the converted buffers:
+// the node's own f16 scratch behind its output, which its allocation holds already
+// (ggml_cuda_flash_attn_ext_get_alloc_size sizes it for the f16 kernels this path runs), and with
+// the sink store dropped from the node (its rows are in the buffers now). A K/V view that is not
+// contiguous in memory (several streams) is converted by upstream's strided converter, still
+// followed by the one scatter. TQ_FA_TURBO_OFF=8 leaves all of it to launch_fattn (comparisons).
+#define TQ_PREFILL_MIN_BATCH 5   // fattn.cu decodes batches up to 4 with the turbo kernels
+
+static bool tq_is_turbo(const ggml_type t) {
+    return t == GGML_TYPE_TURBO3 || t == GGML_TYPE_TURBO2;
+}
+
+static bool tq_fattn_prefill(ggml_backend_cuda_context & ctx, ggml_tensor * node) {
+    const ggml_tensor * Q = node->src[0];
+    const ggml_tensor * K = node->src[1];
+    const ggml_tensor * V = node->src[2];
+    if ((!tq_is_turbo(K->type) && !tq_is_turbo(V->type)) || (tq_fattn_off() & TQ_OFF_PREFILL) ||
+            Q->ne[1] < TQ_PREFILL_MIN_BATCH) {
+        return false;
+    }
+    const int cc = ggml_cuda_info().devices[ctx.device].cc;
+    if (!GGML_CUDA_CC_IS_NVIDIA(cc) || !ampere_mma_available(cc)) {
+        return false;
+    }
+    for (int d = 0; d < GGML_MAX_DIMS; ++d) {
+        if (K->ne[d] != V->ne[d]) {
+            return false;
+        }
+    }
+    const bool V_is_K_view = V->view_src && (V->view_src == K || (V->view_src == K->view_src && V->view_offs == K->view_offs));
+    if (V_is_K_view || !ggml_cuda_flash_attn_ext_supported(ctx.device, node)) {
+        return false;
+    }
+    for (const ggml_tensor * t : {K, V}) {
+        if (t->type != GGML_TYPE_F16 && (t->nb[0] != ggml_type_size(t->type) || !ggml_get_to_fp16_cuda(t->type) ||
+                                         !ggml_get_to_fp16_nc_cuda(t->type))) {
+            return false;
+        }
+    }
+    cudaStream_t stream = ctx.stream();
+    const ggml_cuda_flash_attn_ext_f16_extra_data ex = ggml_cuda_flash_attn_ext_get_f16_extra_data(node, true, true);
+    char * buf[2] = {(char *) ex.K, (char *) ex.V};
+    const ggml_tensor * src[2] = {K, V};
+    ggml_tensor kv16[2];
+    tq_f16_jobs jobs = {};
+    int njobs = 0;
+    for (int i = 0; i < 2; ++i) {
+        const ggml_tensor * t = src[i];
+        kv16[i] = *t;
+        if (t->type == GGML_TYPE_F16) {
+            continue;
+        }
+        GGML_ASSERT(buf[i] != nullptr);
+        ggml_tensor & o = kv16[i];
+        const size_t bs = ggml_blck_size(t->type);
+        const size_t ts = ggml_type_size(t->type);
+        o.type      = GGML_TYPE_F16;
+        o.data      = buf[i];
+        o.buffer    = node->buffer;
+        o.view_src  = nullptr;
+        o.view_offs = 0;
+        o.nb[0]     = sizeof(half);
+        if (ggml_is_contiguously_allocated(t)) {
+            for (int d = 1; d < GGML_MAX_DIMS; ++d) {
+                o.nb[d] = t->nb[d]*bs*sizeof(half)/ts;
+            }
+            if (tq_is_turbo(t->type) && !tq_conv_thread_only() && tq_f16_job_ok(t->data, buf[i])) {
+                jobs.j[njobs++] = {(const char *) t->data, (half *) buf[i], ggml_nelements(t)/QK_TURBO,
+                                   t->type == GGML_TYPE_TURBO3 ? 8 : 4};
+            } else {
+                ggml_get_to_fp16_cuda(t->type)(t->data, (half *) buf[i], ggml_nelements(t), stream);
+            }
+        } else {
+            ggml_get_to_fp16_nc_cuda(t->type)(t->data, (half *) buf[i], t->ne[0], t->ne[1], t->ne[2], t->ne[3],
+                                              t->nb[1]/ts, t->nb[2]/ts, t->nb[3]/ts, stream);
+            o.nb[1] = o.ne[0]*o.nb[0];
+            o.nb[2] = o.ne[1]*o.nb[1];
+            o.nb[3] = o.ne[2]*o.nb[2];
+        }
+    }
+    if (njobs > 0) {
+        tq_turbo_to_f16_jobs_cuda(jobs, njobs, stream);
+    }
+    const tq_fattn_side side = tq_fattn_side_get(node);
+    if (side.k) {
+        tq_side_scatter_dst d[2];
+        for (int i = 0; i < 2; ++i) {
+            if (src[i]->type == GGML_TYPE_F16) {
+                continue;   // an f16 cache holds the side rows already
+            }
+            d[i].dst  = (half *) kv16[i].data;
+            d[i].side = i == 0 ? side.k : side.v;
+            d[i].D    = (int32_t) src[i]->ne[0];
+            d[i].nbs1 = i == 0 ? side.nbk1 : side.nbv1;
+            d[i].nbs2 = i == 0 ? side.nbk2 : side.nbv2;
+            d[i].nbs3 = i == 0 ? side.nbk3 : side.nbv3;
+            d[i].nbd1 = (int64_t) kv16[i].nb[1];
+            d[i].nbd2 = (int64_t) kv16[i].nb[2];
+            d[i].nbd3 = (int64_t) kv16[i].nb[3];
+        }
+        tq_fattn_side_scatter_kv(side, d[0], d[1], (int) K->ne[1], (int) K->ne[2], (int) K->ne[3], stream);
+    }
+    ggml_tensor fa = *node;
+    fa.src[1] = &kv16[0];
+    fa.src[2] = &kv16[1];
+    fa.src[5] = nullptr;   // the sink store: scattered above
+    fa.src[6] = nullptr;
+    fa.src[7] = nullptr;
+    ggml_cuda_flash_attn_ext(ctx, &fa);
+    return true;
+}
+
 // ---- execution
 
 // nodes of the graph being computed whose work moved elsewhere (deferred rotations, fused rotations)
@@ -275,7 +394,7 @@ bool tq_cuda_fuse_node(ggml_backend_cuda_context & ctx, ggml_cgraph * g, const i
         const ggml_tensor * q_rot = tq_deferred_root(node->src[0]);
         const int o = tq_out_target(g, i, ctx.device);
         if (!q_rot && o < 0) {
-            return false;
+            return tq_fattn_prefill(ctx, node);
         }
         ggml_tensor fa = *node;
         ggml_tensor q;

@@ -11,6 +11,9 @@
 #include "common.cuh"
 #include "turbo-quant.h"
 
+#include <algorithm>
+#include <cstdlib>
+
 // The cache write: one thread per 64-value block (a few blocks per token and layer),
 // with the quantizer of turbo-quant.h, which tests also build for the host.
 static __device__ void quantize_f32_turbo3_block(const float * __restrict__ x, block_turbo3 * __restrict__ y) {
@@ -242,9 +245,137 @@ static __global__ void tq_turbo_to_f16_cont(const uint16_t * __restrict__ x, hal
     *(uint4 *) (y + ib*QK_TURBO + 8*k) = *(const uint4 *) out;
 }
 
+// The same conversion by warps, one chunk of 32 blocks per warp (832 B of turbo3, 576 B of turbo2,
+// 16-byte aligned when the source is): the chunk comes in with 16-byte loads through shared memory,
+// then 8 rounds of 4 blocks, lane = (block, 8-value part) as above, each round one 512-byte store per
+// warp; the codebook is read from shared memory. Up to two tensors per launch (K and V before
+// prefill attention: turbo-fuse.cu), blockIdx.y picks the job. Same values as tq_turbo_to_f16_cont.
+#define TQ_CONV_WARPS 8
+struct tq_f16_job {
+    const char * x;       // turbo blocks, 16-byte aligned
+    half       * y;       // f16 out, 16-byte aligned
+    int64_t      nblk;    // 64-value blocks
+    int          levels;  // 8 (turbo3) or 4 (turbo2)
+};
+struct tq_f16_jobs {
+    tq_f16_job j[2];
+};
+
+template <int levels>
+static __device__ __forceinline__ void tq_turbo_to_f16_chunk(const tq_f16_job & job, const int64_t c, uint16_t * sm,
+                                                             const float * cbs, const int lane) {
+    constexpr int U   = levels == 8 ? 13 : 9;   // 16-bit units per block
+    constexpr int W16 = 32*U*2/16;              // 16-byte words per full chunk: 52 or 36
+    const int64_t b0 = c*32;
+    const int nb = (int) min((int64_t) 32, job.nblk - b0);
+    const char * src = job.x + b0*(2*U);
+    if (nb == 32) {
+#pragma unroll
+        for (int w = lane; w < W16; w += 32) {
+            ((uint4 *) sm)[w] = __ldcs((const uint4 *) src + w);
+        }
+    } else {
+        for (int u = lane; u < nb*U; u += 32) {
+            sm[u] = ((const uint16_t *) src)[u];
+        }
+    }
+    __syncwarp();
+    const int k  = lane % 8;
+    const int sh = 2*(k/2);
+#pragma unroll
+    for (int s = 0; s < 8; ++s) {
+        const int b = 4*s + lane/8;
+        if (b >= nb) {
+            break;
+        }
+        const uint16_t * blk = sm + b*U;
+        const float d = __half2float(__ushort_as_half(blk[0]));
+        const uint32_t q0 = blk[1 + 4*(k%2)] | (uint32_t(blk[2 + 4*(k%2)]) << 16);
+        const uint32_t q1 = blk[3 + 4*(k%2)] | (uint32_t(blk[4 + 4*(k%2)]) << 16);
+        uint32_t h0 = 0;
+        uint32_t h1 = 0;
+        if (levels == 8) {
+            h0 = blk[9]  | (uint32_t(blk[10]) << 16);
+            h1 = blk[11] | (uint32_t(blk[12]) << 16);
+        }
+        half2 out[4];
+#pragma unroll
+        for (int j = 0; j < 8; j += 2) {
+            float v[2];
+#pragma unroll
+            for (int jj = 0; jj < 2; ++jj) {
+                const int t = j + jj;
+                int q = ((t < 4 ? q0 >> 8*t : q1 >> 8*(t - 4)) >> sh) & 3;
+                if (levels == 8) {
+                    q |= (((t < 4 ? h0 >> 8*t : h1 >> 8*(t - 4)) >> k) & 1) << 2;
+                }
+                v[jj] = d*cbs[q];
+            }
+            out[j/2] = __halves2half2(__float2half(v[0]), __float2half(v[1]));
+        }
+        *(uint4 *) (job.y + (b0 + b)*QK_TURBO + 8*k) = *(const uint4 *) out;
+    }
+}
+
+static __global__ void __launch_bounds__(32*TQ_CONV_WARPS) tq_turbo_to_f16_warp(const tq_f16_jobs jobs) {
+    __shared__ __align__(16) uint16_t sm[TQ_CONV_WARPS][32*13];
+    __shared__ float cbs[8];
+    const bool second = blockIdx.y != 0;   // (selected field by field: no local copy of the parameters)
+    const tq_f16_job job = {second ? jobs.j[1].x : jobs.j[0].x, second ? jobs.j[1].y : jobs.j[0].y,
+                            second ? jobs.j[1].nblk : jobs.j[0].nblk, second ? jobs.j[1].levels : jobs.j[0].levels};
+    if (threadIdx.x < 8) {
+        cbs[threadIdx.x] = job.levels == 8 ? kvalues_turbo3[threadIdx.x] : kvalues_turbo2[threadIdx.x % 4];
+    }
+    __syncthreads();
+    const int w = threadIdx.x / 32;
+    const int64_t c = (int64_t) blockIdx.x*TQ_CONV_WARPS + w;
+    if (c*32 >= job.nblk) {
+        return;
+    }
+    if (job.levels == 8) {
+        tq_turbo_to_f16_chunk<8>(job, c, sm[w], cbs, threadIdx.x % 32);
+    } else {
+        tq_turbo_to_f16_chunk<4>(job, c, sm[w], cbs, threadIdx.x % 32);
+    }
+}
+
+// TQ_FA_TURBO_OFF bit 4 (measurements only): the thread-per-8-values converter above instead
+#define TQ_OFF_CONV_WARP 4
+static bool tq_conv_thread_only() {
+    static const bool v = [] {
+        const char * e = getenv("TQ_FA_TURBO_OFF");
+        return e && (atoi(e) & TQ_OFF_CONV_WARP);
+    }();
+    return v;
+}
+
+static bool tq_f16_job_ok(const void * x, const void * y) {
+    return ((uintptr_t) x % 16) == 0 && ((uintptr_t) y % 16) == 0;
+}
+
+// one or two conversions in one launch (n = 1 or 2); each job must pass tq_f16_job_ok
+static void tq_turbo_to_f16_jobs_cuda(const tq_f16_jobs & jobs, const int n, cudaStream_t stream) {
+    int64_t nchunk = 0;
+    for (int i = 0; i < n; ++i) {
+        nchunk = std::max(nchunk, (jobs.j[i].nblk + 31)/32);
+    }
+    if (nchunk == 0) {
+        return;
+    }
+    const dim3 grid((unsigned) ((nchunk + TQ_CONV_WARPS - 1)/TQ_CONV_WARPS), (unsigned) n, 1);
+    tq_turbo_to_f16_warp<<<grid, 32*TQ_CONV_WARPS, 0, stream>>>(jobs);
+    CUDA_CHECK(cudaGetLastError());
+}
+
 template <int levels>
 static void tq_turbo_to_f16_cont_cuda(const void * vx, half * y, const int64_t k, cudaStream_t stream) {
     const int64_t nblk = k / QK_TURBO;
+    if (!tq_conv_thread_only() && tq_f16_job_ok(vx, y)) {
+        tq_f16_jobs jobs = {};
+        jobs.j[0] = {(const char *) vx, y, nblk, levels};
+        tq_turbo_to_f16_jobs_cuda(jobs, 1, stream);
+        return;
+    }
     const int64_t nthr = nblk*8;
     tq_turbo_to_f16_cont<levels><<<(unsigned) ((nthr + 255)/256), 256, 0, stream>>>((const uint16_t *) vx, y, nblk);
 }

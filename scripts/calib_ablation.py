@@ -5,8 +5,9 @@ held-out KLD (turbo3, turbo2) through the runtime, one line per variant.
     python scripts/calib_ablation.py MODEL --calib-text FILE --heldout FILE [--capture-ctx 2048]
         [--tokens 16384] [--ctx 2048] [--chunks 4] [--variants "default;whiten,rotate,0.1875,1;..."]
 
-A variant is K_KIND,V_KIND,ALPHA,SINK (fit.K_KINDS, fit.V_KINDS, the exponent, 0/1);
-"default" measures the uncalibrated rotation and upstream q4_0.
+A variant is K_KIND,V_KIND,ALPHA,SINK[,pos] (fit.K_KINDS, fit.V_KINDS, the exponent, 0/1,
+and `pos` for the positional key offset); "default" measures the uncalibrated rotation and
+upstream q4_0.
 """
 
 import argparse
@@ -22,7 +23,7 @@ bindings.load_first()
 
 from tq_gguf import runtime  # noqa: E402
 from tq_gguf.bench.caches import Cache  # noqa: E402
-from tq_gguf.calib import fit  # noqa: E402
+from tq_gguf.calib import fit, ropepos  # noqa: E402
 from tq_gguf.calib.calibrate import Evaluator, model_info, windows  # noqa: E402
 from tq_gguf.calib.capture import Capture  # noqa: E402
 from tq_gguf.calib.schema import Calibration  # noqa: E402
@@ -44,7 +45,10 @@ def main() -> int:
     m = runtime.Model(a.model)
     stream = m.tokenize(a.calib_text.read_text(errors="replace"), add_bos=False)
     seqs = windows(m, stream, a.tokens, a.capture_ctx, str(a.calib_text))
-    cap = Capture(m, n_ctx=a.capture_ctx, threads=a.threads)
+    rope, why = ropepos.from_gguf(a.model, info["n_layer"], info["d_k"])
+    if rope is None:
+        print(f"no positional offset for this model: {why}", flush=True)
+    cap = Capture(m, n_ctx=a.capture_ctx, threads=a.threads, rope=rope)
     stats = cap.run(seqs)
     cap.close()
     m.close()
@@ -60,9 +64,9 @@ def main() -> int:
             if v == "default":
                 r = ev.run(None, caches + [Cache("q4_0", "q4_0")])
             else:
-                kk, vk, alpha, sink = v.split(",")
-                r = ev.run(Calibration(info["arch"], n, fit.fit(stats, n, kk, vk, sink=sink == "1", alpha=float(alpha))),
-                           caches)
+                kk, vk, alpha, sink, *more = v.split(",")
+                r = ev.run(Calibration(info["arch"], n, fit.fit(stats, n, kk, vk, sink=sink == "1", alpha=float(alpha),
+                                                                pos="pos" in more)), caches)
             print(f"{v:28s} " + "  ".join(f"{k} {x['kld']:.4f}" for k, x in r.items()) + f"  ({time.time() - t0:.0f} s)",
                   flush=True)
     return 0

@@ -20,7 +20,8 @@ and prints, per layer and summed, the relative error of every head's attention o
 (||o - o_hat||^2 / ||o||^2 over the second half of each window) and the mean KL divergence
 of the attention weights. The output error is the proxy to trust: in the 2026-11-23
 experiments (docs/calibration.md) it agreed in sign with llama.cpp's model KLD where the
-attention-weight KL did not. It is a simulation: the runtime has no positional offset.
+attention-weight KL did not. It is a simulation; the runtime has the offset since patch 0011
+(`tq-gguf calibrate --pos-offset`).
 
     python scripts/key_offset_sim.py MODEL.gguf --calib-text CALIB.txt --heldout TEST.txt
         [--ctx 1024] [--windows 3] [--alpha 0.125] [--layers 0,3,10] [--sink-cells 4]

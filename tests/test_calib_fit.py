@@ -84,3 +84,46 @@ def test_sink_alignment_needs_a_repeatable_position_0():
     assert fit.sink_vector(stats(rng, sink_seqs=1).sink_k) is None          # one sequence proves nothing
     assert fit.sink_vector(stats(rng, sink_spread=40.0).sink_k) is None     # a different token every time
     assert fit.sink_vector(stats(rng, sink_spread=0.0).sink_k) is not None
+
+
+@pytest.mark.parametrize("layout,d,n_rot", [("norm", 64, 64), ("neox", 128, 96)])
+def test_pos_moments_equal_the_direct_statistics(layout, d, n_rot):
+    """The pre-RoPE mean m and the moments of k - RoPE(pos, m), from the position moments the
+    capture keeps, equal those computed from the keys themselves (partial RoPE included)."""
+    from tq_gguf.calib import ropepos
+    rng = np.random.default_rng(7)
+    rl = ropepos.RopeLayer(layout, n_rot, ropepos._theta(n_rot, 10000.0, 1.0))
+    h = 2
+    st = LayerStats(h, d, d, rope=rl)
+    m_true = 3.0 * rng.standard_normal((h, d))
+    keys, poss = [], []
+    for _ in range(3):  # windows from position 0; position 0 is not counted
+        pos = np.arange(300)
+        pre = m_true + rng.standard_normal((len(pos), h, d)) * rng.uniform(0.2, 1.0, d)
+        k = rl.apply(pre, pos)
+        st.add("k", k, pos >= 1, True, pos)
+        keys.append(k[1:])
+        poss.append(pos[1:])
+    k, pos = np.concatenate(keys), np.concatenate(poss)
+    m, mean, cov = fit.pos_moments(st)
+    m_direct = rl.apply(k, pos, inverse=True).mean(0)
+    r = k - rl.apply(np.broadcast_to(m_direct, k.shape), pos)
+    mean_direct = r.mean(0)
+    cov_direct = np.einsum("thi,thj->hij", r - mean_direct, r - mean_direct) / len(r)
+    np.testing.assert_allclose(m, m_direct, atol=1e-10)
+    np.testing.assert_allclose(mean, mean_direct, atol=1e-10)
+    np.testing.assert_allclose(cov, cov_direct, atol=1e-9)
+    assert np.abs(m - m_true).max() < 0.2
+    # what the offset is for: the post-RoPE covariance keeps most of m's energy, this does not
+    assert np.trace(cov[0]) < 0.2 * np.trace(st.k_cov()[0])
+    # the fitted transform carries m, and c_k is the mean of what is left
+    lt = fit.fit_layer(_with_q(st, rng), "whiten", "rotate", pos=True)
+    np.testing.assert_allclose(lt.k_pos, m)
+    np.testing.assert_allclose(lt.k_off, mean)
+
+
+def _with_q(st, rng):
+    q = rng.standard_normal((1000, st.n_head_kv, st.d_k))
+    st.n_q, st.q2 = len(q), np.einsum("thi,thj->hij", q, q)
+    st.v1, st.v2 = np.zeros_like(st.v1), np.broadcast_to(np.eye(st.d_v), st.v2.shape).copy() * st.n_k
+    return st

@@ -34,6 +34,7 @@ from ..bench.report import file_sha256 as _sha256
 from ..codebook import CODEBOOKS
 from . import DEFAULT_CTX, DEFAULT_TOKENS
 from . import fit as fitmod
+from . import ropepos
 from .capture import Capture
 from .schema import CalibError, Calibration, write_model, write_sidecar
 
@@ -53,18 +54,21 @@ class Candidate:
     v: str                # fit.V_KINDS
     alpha: float = 0.25   # exponent of the `scale` kind
     sink: bool = True     # make position 0's K/V exactly representable
+    pos: bool = False     # positional key offset (turbo.layer.N.k.pos_mean)
 
     @property
     def name(self) -> str:
         k = f"{self.k}{self.alpha:g}" if self.k in ("scale", "whiten") else self.k
-        return f"{k}/{self.v}" + ("+sink" if self.sink else "")
+        return f"{k}/{self.v}" + ("+sink" if self.sink else "") + ("+pos" if self.pos else "")
 
 
-# measured on SmolLM2 and Gemma-3 (docs/calibration.md): half-way balancing (alpha 1/8)
-# beat the full balance (1/4); the last candidate shows what the sink alignment adds
-CANDIDATES = (Candidate("whiten", "rotate", 0.125), Candidate("whiten", "rotate", 0.1875),
-              Candidate("whiten", "rotate", 0.25), Candidate("scale", "rotate", 0.125),
-              Candidate("whiten", "mean", 0.125),
+# measured on SmolLM2 and Gemma-3 (docs/calibration.md, results/calib/ctx2048): alpha 1/8 or
+# 3/16 won; alpha 1/4, `scale` and a value mean were not chosen. The positional key offset
+# (tried with --pos-offset) cut SmolLM2's turbo3 KLD by 30 %. The no-sink candidates show
+# what the sink alignment adds.
+CANDIDATES = (Candidate("whiten", "rotate", 0.125, pos=True), Candidate("whiten", "rotate", 0.1875, pos=True),
+              Candidate("whiten", "rotate", 0.125, sink=False, pos=True),
+              Candidate("whiten", "rotate", 0.125), Candidate("whiten", "rotate", 0.1875),
               Candidate("whiten", "rotate", 0.125, sink=False))
 
 
@@ -84,6 +88,7 @@ class Settings:
     hf_dir: Path | None = None        # take the statistics from this HF checkpoint (transformers)
     hf_arch: object = None            # its convert.Arch (channel order, Q scale)
     sink_cells: int | None = None     # turbo.sink_cells to write (validated with it); None: runtime default
+    pos_offset: bool = False          # also try the positional key offset (candidates with pos=True)
 
 
 def _log(msg: str) -> None:
@@ -273,6 +278,14 @@ def run(model_path: Path, out: Path, st: Settings) -> Calibration:
             raise CalibError(f"--types: {t!r} is not a turbo type (turbo3, turbo2)")
     info = model_info(model_path)
     _log(f"calibrate: {model_path.name} ({info['arch']}, {info['n_layer']} layers, head {info['d_k']})")
+    kinds, rope = st.kinds, None
+    if st.pos_offset:
+        rope, why = (None, "the transformers capture keeps no position moments") if st.hf_dir is not None \
+            else ropepos.from_gguf(model_path, info["n_layer"], info["d_k"])
+        if rope is None:
+            _log(f"calibrate: no positional key offset: {why}")
+    if rope is None:
+        kinds = tuple(c for c in kinds if not c.pos)
 
     model = runtime.Model(model_path)
     try:
@@ -294,7 +307,7 @@ def run(model_path: Path, out: Path, st: Settings) -> Calibration:
                 stats = capture_hf(st.hf_dir, seqs, st.hf_arch.interleave, st.hf_arch.q_prescaled,
                                    progress=pb.update)
         else:
-            cap = Capture(model, n_ctx=st.ctx, threads=st.threads)
+            cap = Capture(model, n_ctx=st.ctx, threads=st.threads, rope=rope)
             try:
                 with bar(sum(map(len, seqs)), "capture Q/K/V", unit="tok") as pb:
                     stats = cap.run(seqs, progress=pb.update)
@@ -309,12 +322,13 @@ def run(model_path: Path, out: Path, st: Settings) -> Calibration:
         ev.sweep_chunks = st.sweep_chunks
         caches = [Cache(t, t) for t in st.types]
         primary = caches[0].name
-        with bar(len(st.kinds) + 1, "fit + validate", unit="run") as pb:
+        with bar(len(kinds) + 1, "fit + validate", unit="run") as pb:
             default = ev.run(None, caches)
             pb.update(1)
             trials = []
-            for cand in st.kinds:
-                layers = fitmod.fit(stats, info["n_layer"], cand.k, cand.v, sink=cand.sink, alpha=cand.alpha)
+            for cand in kinds:
+                layers = fitmod.fit(stats, info["n_layer"], cand.k, cand.v, sink=cand.sink, alpha=cand.alpha,
+                                    pos=cand.pos)
                 cal = Calibration(info["arch"], info["n_layer"], layers,
                                   codebooks={t: list(CODEBOOKS[t]) for t in ("turbo3", "turbo2")})
                 trials.append((cand, cal, ev.run(cal, caches)))
@@ -350,7 +364,7 @@ def run(model_path: Path, out: Path, st: Settings) -> Calibration:
     best.sink_cells = st.sink_cells
 
     best.info = {"tq_gguf": __import__("tq_gguf").__version__, "k_transform": chosen.k, "v_transform": chosen.v,
-                 "alpha": chosen.alpha, "sink": chosen.sink,
+                 "alpha": chosen.alpha, "sink": chosen.sink, "pos": chosen.pos,
                  "source": source, "capture": "transformers" if st.hf_dir is not None else "gguf",
                  "tokens": int(sum(map(len, seqs))), "ctx": st.ctx,
                  "model_sha256": _sha256(model_path), "seconds": round(time.time() - t0, 1)}

@@ -5,6 +5,11 @@ The runtime names attention's inputs ``tq_q-<il>``, ``tq_k-<il>``, ``tq_v-<il>``
 channel order and head layout. An eval callback copies those tensors out of each
 ubatch and accumulates, per layer and KV head, the first and second moments the
 fit needs (float64). The Q heads that share a KV head are pooled onto it.
+
+With the layer's RoPE (ropepos.RopeLayer) the keys' position moments are kept
+too: sums of k cos(theta_f pos) and k sin(theta_f pos) per channel and pair
+frequency f, and the products of those cosines and sines. From them the fit gets
+the pre-RoPE key mean m and the moments of k - RoPE(pos, m) without a second pass.
 """
 
 from __future__ import annotations
@@ -56,16 +61,30 @@ class LayerStats:
     v2: np.ndarray = field(default=None)
     sink_k: list = field(default_factory=list)  # position 0's K [h, d], one per sequence
     sink_v: list = field(default_factory=list)
+    rope: object = None  # ropepos.RopeLayer: keep the position moments below
+    kc: np.ndarray = field(default=None)   # [h, d, F] sum k_i cos(theta_f pos)
+    ks: np.ndarray = field(default=None)   # [h, d, F] sum k_i sin(theta_f pos)
+    pc: np.ndarray = field(default=None)   # [F] sum cos; ps likewise
+    ps: np.ndarray = field(default=None)
+    pcc: np.ndarray = field(default=None)  # [F, F] sum cos_f cos_g; pcs (cos_f sin_g), pss likewise
+    pcs: np.ndarray = field(default=None)
+    pss: np.ndarray = field(default=None)
 
     def __post_init__(self):
         h, dk, dv = self.n_head_kv, self.d_k, self.d_v
         self.k1, self.k2 = np.zeros((h, dk)), np.zeros((h, dk, dk))
         self.q2 = np.zeros((h, dk, dk))
         self.v1, self.v2 = np.zeros((h, dv)), np.zeros((h, dv, dv))
+        if self.rope is not None:
+            nf = len(self.rope.theta)
+            self.kc, self.ks = np.zeros((h, dk, nf)), np.zeros((h, dk, nf))
+            self.pc, self.ps = np.zeros(nf), np.zeros(nf)
+            self.pcc, self.pcs, self.pss = np.zeros((nf, nf)), np.zeros((nf, nf)), np.zeros((nf, nf))
 
-    def add(self, kind: str, full: np.ndarray, keep: np.ndarray, first: bool) -> None:
+    def add(self, kind: str, full: np.ndarray, keep: np.ndarray, first: bool, pos: np.ndarray | None = None) -> None:
         """Accumulate one batch of ``kind`` (q, k or v) as [tokens, heads, d] float64, in llama.cpp's
-        channel order; ``keep`` marks the counted tokens, ``first`` that row 0 is position 0."""
+        channel order; ``keep`` marks the counted tokens, ``first`` that row 0 is position 0,
+        ``pos`` the rows' positions (needed for the position moments)."""
         x = full[keep]
         if kind == "k":
             if first and len(full):
@@ -73,6 +92,16 @@ class LayerStats:
             self.n_k += x.shape[0]
             self.k1 += x.sum(0)
             self.k2 += np.einsum("thi,thj->hij", x, x)
+            if self.rope is not None:
+                ang = np.asarray(pos, np.float64)[keep][:, None] * self.rope.theta[None, :]
+                c, s = np.cos(ang), np.sin(ang)
+                self.kc += np.einsum("thi,tf->hif", x, c)
+                self.ks += np.einsum("thi,tf->hif", x, s)
+                self.pc += c.sum(0)
+                self.ps += s.sum(0)
+                self.pcc += c.T @ c
+                self.pcs += c.T @ s
+                self.pss += s.T @ s
         elif kind == "v":
             if first and len(full):
                 self.sink_v.append(full[0].copy())
@@ -99,9 +128,12 @@ class Capture:
     (position 0, the attention sink, is an outlier that most heads attend to).
     """
 
-    def __init__(self, model: runtime.Model, n_ctx: int, threads: int = 2, n_batch: int = 512, skip: int = 1):
+    def __init__(self, model: runtime.Model, n_ctx: int, threads: int = 2, n_batch: int = 512, skip: int = 1,
+                 rope: list | None = None):
         self.model = model
         self.skip = skip
+        self.rope = rope  # per layer ropepos.RopeLayer: keep the keys' position moments
+        self._pos = np.zeros(0)
         self.layers: dict[int, LayerStats] = {}
         self._keep = np.ones(0, bool)
         self._first = False  # does the ubatch start at position 0?
@@ -144,7 +176,7 @@ class Capture:
             else:
                 st = self._stats(il, full.shape[1], full.shape[2] if kind == "k" else None,
                                  full.shape[2] if kind == "v" else None)
-            st.add(kind, full, self._keep, self._first)
+            st.add(kind, full, self._keep, self._first, self._pos)
         except BaseException as e:  # never raise through C
             self.error = self.error or e
         return True
@@ -152,7 +184,8 @@ class Capture:
     def _stats(self, il, h, d_k, d_v) -> LayerStats:
         st = self.layers.get(il)
         if st is None:
-            st = self.layers[il] = LayerStats(h, d_k or d_v, d_v or d_k)
+            st = self.layers[il] = LayerStats(h, d_k or d_v, d_v or d_k,
+                                              rope=self.rope[il] if self.rope is not None else None)
         return st
 
     def run(self, seqs: list[list[int]], progress=None) -> dict[int, LayerStats]:
@@ -161,13 +194,15 @@ class Capture:
         # a first decode that counts nothing creates every layer's (empty) sums
         if not self.layers and seqs:
             self._keep = np.zeros(min(len(seqs[0]), s.n_batch), bool)
+            self._pos = np.arange(len(self._keep))
             s.clear()
             s.eval(seqs[0][:s.n_batch], 0, outputs=np.zeros(len(self._keep), bool))
         for toks in seqs:
             s.clear()
             for p in range(0, len(toks), s.n_batch):
                 chunk = toks[p:p + s.n_batch]
-                self._keep = np.arange(p, p + len(chunk)) >= self.skip
+                self._pos = np.arange(p, p + len(chunk))
+                self._keep = self._pos >= self.skip
                 self._first = p == 0
                 s.eval(chunk, p, outputs=np.zeros(len(chunk), bool))
                 if self.error:

@@ -16,7 +16,8 @@ def _calibrate(a) -> int:
     from .schema import SINK_CELLS_MAX, CalibError
     types = tuple(t.strip() for t in a.types.split(",") if t.strip())
     st = Settings(text=a.text, tokens=a.tokens, types=types, budget_bpv=a.budget_bpv, heldout=a.heldout,
-                  ctx=a.ctx, val_chunks=a.val_chunks, threads=a.threads, seed=a.seed, sink_cells=a.sink_cells)
+                  ctx=a.ctx, val_chunks=a.val_chunks, threads=a.threads, seed=a.seed, sink_cells=a.sink_cells,
+                  pos_offset=a.pos_offset)
     if a.sink_cells is not None and not 0 <= a.sink_cells <= SINK_CELLS_MAX:
         raise UsageError(f"--sink-cells {a.sink_cells}: give 0 (off) to {SINK_CELLS_MAX}")
     if a.tokens < a.ctx:
@@ -46,6 +47,8 @@ def describe(path: Path) -> str:
     if lt is not None:
         lines.append(f"  transforms: {n_cal} layers, {lt.k_fwd.shape[0]} KV heads, head {lt.k_fwd.shape[1]}/{lt.v_fwd.shape[1]}; "
                      f"chosen {cal.validation.get('chosen', '?')}")
+        n_pos = sum(x is not None and x.k_pos is not None for x in cal.layers)
+        lines.append(f"  positional key offset: {n_pos} layers" if n_pos else "  positional key offset: none")
     if cal.codebooks:
         lines.append(f"  codebooks: {', '.join(sorted(cal.codebooks))} (pinned)")
     lines.append(f"  budget: {cal.budget_bpv} bits/value" if cal.budget_bpv is not None else "  budget: none")
@@ -107,6 +110,10 @@ def add_parsers(sub) -> None:
     c.add_argument("--sink-cells", type=int, default=None, metavar="N",
                    help="write turbo.sink_cells: the runtime keeps each sequence's first N positions exact "
                         "(default: not written; the runtime keeps 4)")
+    c.add_argument("--pos-offset", action="store_true",
+                   help="also try the positional key offset (turbo.layer.N.k.pos_mean): lower KLD on CPU, but its "
+                        "logit correction needs per-head attention masks, which the GPU FlashAttention kernels "
+                        "lack, so a GPU runs those layers' attention on the CPU (docs/calibration.md)")
     c.add_argument("--val-chunks", type=int, default=4)
     c.add_argument("--seed", type=int, default=1234)
     c.add_argument("-t", "--threads", type=int, default=os.cpu_count() or 2)

@@ -27,6 +27,12 @@ codebooks (and q8_0) store such a vector exactly, up to the fp16 block scale:
 the attention sink, which nearly every query reads, is then cached without
 quantization error. H is orthogonal, so other keys are rotated, not distorted.
 
+With ``pos=True`` (the positional key offset, `turbo.layer.N.k.pos_mean`) the key
+transform is fitted on k - RoPE(pos, m), m the pre-RoPE key mean: the runtime
+stores that and adds q.RoPE(pos_j, m) back to the logits. A constant c_k cannot
+remove m's part in the fast-turning channel pairs; this removes it at every
+position.
+
 Transforms are scaled to unit geometric mean gain so an f16/q8_0 layer of a
 mixed policy stores values of the usual magnitude.
 """
@@ -108,8 +114,54 @@ def whiten_matrix(p: np.ndarray, q: np.ndarray, alpha: float, ridge: float = 1e-
     return _sym_pow(g, 2 * alpha)
 
 
+def pos_moments(st: LayerStats) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(m, mean, cov) per KV head: the pre-RoPE key mean m [h, d] and the mean [h, d] and
+    covariance [h, d, d] of k - RoPE(pos, m) over the captured keys, from the position moments.
+
+    Each channel j of u = RoPE(pos, m) is a_j cos(theta_f pos) + b_j sin(theta_f pos) for its
+    pair's frequency f (a constant for channels RoPE leaves alone), so E[u], E[k u^T] and
+    E[u u^T] are linear in the moments captured."""
+    if st.rope is None or st.kc is None:
+        raise ValueError("the capture kept no position moments (no RoPE given)")
+    n, h, d = st.n_k, st.n_head_kv, st.d_k
+    i0, i1 = st.rope.pairs()
+    nf = len(i0)
+    # an extra frequency nf with cos 1, sin 0 for the channels RoPE does not rotate
+    kc = np.concatenate([st.kc, st.k1[:, :, None]], axis=2)
+    ks = np.concatenate([st.ks, np.zeros((h, d, 1))], axis=2)
+    pc, ps = np.append(st.pc, n), np.append(st.ps, 0.0)
+    pcc = np.zeros((nf + 1, nf + 1)); pcs = np.zeros_like(pcc); pss = np.zeros_like(pcc)
+    pcc[:nf, :nf], pcs[:nf, :nf], pss[:nf, :nf] = st.pcc, st.pcs, st.pss
+    pcc[nf, :nf] = pcc[:nf, nf] = st.pc
+    pcc[nf, nf] = n
+    pcs[nf, :nf] = st.ps  # sum 1 * sin_g; sum cos_f * 0 stays 0
+    fj = np.full(d, nf)
+    fj[i0] = np.arange(nf)
+    fj[i1] = np.arange(nf)
+    ar = np.arange(nf)
+
+    # m = E[RoPE(-pos, k)]: (c k0 + s k1, -s k0 + c k1) per pair
+    m = st.k1 / n
+    m[:, i0] = (kc[:, i0, ar] + ks[:, i1, ar]) / n
+    m[:, i1] = (-ks[:, i0, ar] + kc[:, i1, ar]) / n
+    # u_j = a_j cos_f + b_j sin_f: (m0 c - m1 s, m0 s + m1 c) per pair, m_j for the others
+    a = m.copy()
+    b = np.zeros_like(m)
+    b[:, i0] = -m[:, i1]
+    b[:, i1] = m[:, i0]
+
+    eu = (a * pc[fj] + b * ps[fj]) / n                                        # [h, d]
+    eku = (a[:, None, :] * kc[:, :, fj] + b[:, None, :] * ks[:, :, fj]) / n  # [h, i, j]
+    cc, cs, ss = pcc[np.ix_(fj, fj)], pcs[np.ix_(fj, fj)], pss[np.ix_(fj, fj)]
+    euu = (a[:, :, None] * a[:, None, :] * cc + a[:, :, None] * b[:, None, :] * cs
+           + b[:, :, None] * a[:, None, :] * cs.T + b[:, :, None] * b[:, None, :] * ss) / n
+    mean = st.k_mean() - eu
+    second = st.k2 / n - eku - eku.transpose(0, 2, 1) + euu
+    return m, mean, second - mean[:, :, None] * mean[:, None, :]
+
+
 def fit_layer(st: LayerStats, k_kind: str, v_kind: str, offsets: bool = True, ridge: float = 1e-3,
-              sink: bool = False, alpha: float = 0.25) -> LayerTransform:
+              sink: bool = False, alpha: float = 0.25, pos: bool = False) -> LayerTransform:
     if k_kind not in K_KINDS or v_kind not in V_KINDS:
         raise ValueError(f"unknown transform kind {k_kind!r}/{v_kind!r}; K: {K_KINDS}, V: {V_KINDS}")
     if st.n_k == 0 or st.n_q == 0:
@@ -120,7 +172,14 @@ def fit_layer(st: LayerStats, k_kind: str, v_kind: str, offsets: bool = True, ri
     v0 = sink_vector(st.sink_v) if sink else None
     a_k = np.empty((h, dk, dk))
     c_k = np.zeros((h, dk))
-    kc, q2 = st.k_cov(), st.q_second()
+    q2 = st.q_second()
+    k_pos = None
+    if pos:
+        k_pos, k_mean, kc = pos_moments(st)
+        if k0 is not None:
+            k0 = k0 - k_pos  # position 0: RoPE(0, m) = m
+    else:
+        k_mean, kc = st.k_mean(), st.k_cov()
     for j in range(h):
         if k_kind == "rotate":
             a = np.eye(dk)
@@ -135,7 +194,7 @@ def fit_layer(st: LayerStats, k_kind: str, v_kind: str, offsets: bool = True, ri
             a = whiten_matrix(kc[j], q2[j], alpha, ridge)
         a = _unit_gain(a)
         if k_kind != "rotate" and offsets:
-            c_k[j] = st.k_mean()[j]
+            c_k[j] = k_mean[j]
         a_k[j] = rk @ a
         if k0 is not None:
             cand = rk @ sink_reflection(a @ (k0[j] - c_k[j]), rk) @ a
@@ -148,12 +207,12 @@ def fit_layer(st: LayerStats, k_kind: str, v_kind: str, offsets: bool = True, ri
             cand = rv @ sink_reflection(v0[j] - m_v[j], rv)
             if _sink_exact(cand, v0[j] - m_v[j]):
                 a_v[j] = cand
-    return LayerTransform.build(a_k, c_k, a_v, m_v)
+    return LayerTransform.build(a_k, c_k, a_v, m_v, k_pos)
 
 
 def fit(stats: dict[int, LayerStats], n_layer: int, k_kind: str, v_kind: str,
-        offsets: bool = True, sink: bool = False, alpha: float = 0.25) -> list[LayerTransform | None]:
-    return [fit_layer(stats[il], k_kind, v_kind, offsets, sink=sink, alpha=alpha) if il in stats else None
+        offsets: bool = True, sink: bool = False, alpha: float = 0.25, pos: bool = False) -> list[LayerTransform | None]:
+    return [fit_layer(stats[il], k_kind, v_kind, offsets, sink=sink, alpha=alpha, pos=pos) if il in stats else None
             for il in range(n_layer)]
 
 

@@ -12,6 +12,9 @@ row-major d x d per KV head, flattened):
     turbo.layer.<n>.k.fwd         f32[h*d*d]  A_k     K' = A_k (k - c_k)
     turbo.layer.<n>.k.bwd         f32[h*d*d]  A_k^-T  Q' = A_k^-T q
     turbo.layer.<n>.k.offset      f32[h*d]    c_k
+    turbo.layer.<n>.k.pos_mean    f32[h*d]    optional: m, the pre-RoPE key mean. The cache stores
+                                              A_k (k - RoPE(pos, m) - c_k) and attention adds
+                                              q.RoPE(pos_j, m) to each logit (patch 0011)
     turbo.layer.<n>.v.fwd         f32[h*d*d]  A_v     V' = A_v (v - m_v)
     turbo.layer.<n>.v.bwd         f32[h*d*d]  A_v^-1  out = A_v^-1 out' + m_v
     turbo.layer.<n>.v.mean        f32[h*d]    m_v
@@ -55,16 +58,22 @@ class LayerTransform:
     v_fwd: np.ndarray   # [h, d, d]
     v_bwd: np.ndarray   # [h, d, d]  == inv(v_fwd) per head
     v_mean: np.ndarray  # [h, d]
+    k_pos: np.ndarray | None = None  # [h, d] pre-RoPE key mean m (None: no positional offset)
 
     @classmethod
-    def build(cls, a_k: np.ndarray, c_k: np.ndarray, a_v: np.ndarray, m_v: np.ndarray) -> "LayerTransform":
+    def build(cls, a_k: np.ndarray, c_k: np.ndarray, a_v: np.ndarray, m_v: np.ndarray,
+              k_pos: np.ndarray | None = None) -> "LayerTransform":
         a_k, a_v = np.asarray(a_k, np.float64), np.asarray(a_v, np.float64)
         return cls(a_k, np.linalg.inv(a_k).transpose(0, 2, 1), np.asarray(c_k, np.float64),
-                   a_v, np.linalg.inv(a_v), np.asarray(m_v, np.float64))
+                   a_v, np.linalg.inv(a_v), np.asarray(m_v, np.float64),
+                   None if k_pos is None else np.asarray(k_pos, np.float64))
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {"k.fwd": self.k_fwd, "k.bwd": self.k_bwd, "k.offset": self.k_off,
-                "v.fwd": self.v_fwd, "v.bwd": self.v_bwd, "v.mean": self.v_mean}
+        out = {"k.fwd": self.k_fwd, "k.bwd": self.k_bwd, "k.offset": self.k_off,
+               "v.fwd": self.v_fwd, "v.bwd": self.v_bwd, "v.mean": self.v_mean}
+        if self.k_pos is not None:
+            out["k.pos_mean"] = self.k_pos
+        return out
 
 
 @dataclass
@@ -223,9 +232,16 @@ def read(path: Path) -> Calibration | None:
         if d_k * hd_k != a["k.fwd"].size or d_v * hd_v != a["v.fwd"].size:
             raise CalibError(f"turbo calibration: layer {il} has inconsistent array sizes")
         h = hd_k // d_k
+        k_pos = None
+        if f"turbo.layer.{il}.k.pos_mean" in reader.fields:
+            k_pos = np.asarray(reader.fields[f"turbo.layer.{il}.k.pos_mean"].contents(), dtype=np.float32)
+            if k_pos.size != hd_k:
+                raise CalibError(f"turbo calibration: turbo.layer.{il}.k.pos_mean has {k_pos.size} values, "
+                                 f"expected {hd_k}")
+            k_pos = k_pos.reshape(h, d_k)
         layers.append(LayerTransform(a["k.fwd"].reshape(h, d_k, d_k), a["k.bwd"].reshape(h, d_k, d_k),
                                      a["k.offset"].reshape(h, d_k), a["v.fwd"].reshape(h, d_v, d_v),
-                                     a["v.bwd"].reshape(h, d_v, d_v), a["v.mean"].reshape(h, d_v)))
+                                     a["v.bwd"].reshape(h, d_v, d_v), a["v.mean"].reshape(h, d_v), k_pos))
     policy: dict[str, dict[str, list[str]]] = {}
     codebooks: dict[str, list[float]] = {}
     for name, f in reader.fields.items():

@@ -42,11 +42,10 @@ from tq_gguf import attnsim, rotation, runtime, turbo  # noqa: E402
 from tq_gguf.calib import calibrate as cal  # noqa: E402
 from tq_gguf.calib import capture as cap  # noqa: E402
 from tq_gguf.calib import fit as fitmod  # noqa: E402
+from tq_gguf.calib import ropepos  # noqa: E402
 
-# llama.cpp's RoPE layout per architecture (llama_model_rope_type): "norm" rotates the pairs
-# (2i, 2i+1), "neox" the pairs (i, i + d/2)
-ROPE_TYPE = {"llama": "norm", "mistral3": "norm", "granite": "norm",
-             "qwen2": "neox", "qwen3": "neox", "olmo2": "neox", "phi3": "neox", "gemma3": "neox"}
+# llama.cpp's RoPE layout per architecture: the one table (calib/ropepos.py)
+ROPE_TYPE = ropepos.ROPE_LAYOUT
 
 
 def layer_attention(fields, arch: str, n_layer: int, d: int) -> list[tuple[float, float, int | None]]:
@@ -66,24 +65,18 @@ def layer_attention(fields, arch: str, n_layer: int, d: int) -> list[tuple[float
     return [(base_swa, scale, swa) if il % pattern < pattern - 1 else (base, scale, None) for il in range(n_layer)]
 
 
+def _layer(d: int, base: float, kind: str) -> ropepos.RopeLayer:
+    return ropepos.RopeLayer(kind, d, ropepos.rope_theta(d, base))
+
+
 def rope_pairs(d: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
     """Channel indices (x0, x1) of the d/2 rotated pairs, pair i at frequency base^(-2i/d)."""
-    if kind == "norm":
-        return np.arange(0, d, 2), np.arange(1, d, 2)
-    return np.arange(d // 2), np.arange(d // 2, d)
+    return _layer(d, 10000.0, kind).pairs()
 
 
 def rope(x: np.ndarray, pos: np.ndarray, base: float, kind: str, inverse: bool = False) -> np.ndarray:
-    """RoPE of x [T, ..., d] at positions pos [T] (inverse: rotate back)."""
-    d = x.shape[-1]
-    i0, i1 = rope_pairs(d, kind)
-    ang = pos[:, None] * base ** (-np.arange(d // 2) * 2.0 / d)[None, :]
-    ang = ang.reshape(ang.shape[:1] + (1,) * (x.ndim - 2) + ang.shape[1:])
-    c, s = np.cos(ang), np.sin(ang) * (-1.0 if inverse else 1.0)
-    out = np.empty_like(x)
-    out[..., i0] = x[..., i0] * c - x[..., i1] * s
-    out[..., i1] = x[..., i0] * s + x[..., i1] * c
-    return out
+    """RoPE of x [T, ..., d] at positions pos [T] (inverse: rotate back), the whole head rotated."""
+    return _layer(x.shape[-1], base, kind).apply(x, pos, inverse)
 
 
 class RawCapture(cap.Capture):

@@ -92,7 +92,7 @@ def test_pos_moments_equal_the_direct_statistics(layout, d, n_rot):
     capture keeps, equal those computed from the keys themselves (partial RoPE included)."""
     from tq_gguf.calib import ropepos
     rng = np.random.default_rng(7)
-    rl = ropepos.RopeLayer(layout, n_rot, ropepos._theta(n_rot, 10000.0, 1.0))
+    rl = ropepos.RopeLayer(layout, n_rot, ropepos.rope_theta(n_rot, 10000.0))
     h = 2
     st = LayerStats(h, d, d, rope=rl)
     m_true = 3.0 * rng.standard_normal((h, d))

@@ -48,7 +48,8 @@ class RopeLayer:
         return out
 
 
-def _theta(n_rot: int, base: float, freq_scale: float) -> np.ndarray:
+def rope_theta(n_rot: int, base: float, freq_scale: float = 1.0) -> np.ndarray:
+    """Angle per position of each rotated pair, as llama.cpp's RoPE computes it."""
     return freq_scale * base ** (-np.arange(n_rot // 2) * 2.0 / n_rot)
 
 
@@ -77,10 +78,10 @@ def from_gguf(path, n_layer: int, d_k: int) -> tuple[list[RopeLayer] | None, str
     if n_rot % 2 or n_rot > d_k:
         return None, f"rope.dimension_count {n_rot} does not fit head size {d_k}"
     base = float(get("rope.freq_base", 10000.0))
-    glob = RopeLayer(layout, n_rot, _theta(n_rot, base, freq_scale))
+    glob = RopeLayer(layout, n_rot, rope_theta(n_rot, base, freq_scale))
     if arch == "gemma3" and get("attention.sliding_window"):
         # llama.cpp: every 6th layer global, the others local with base 10000 and no scaling
         pattern = int(get("attention.sliding_window_pattern", 6))
-        local = RopeLayer(layout, n_rot, _theta(n_rot, float(get("rope.freq_base_swa", 10000.0)), 1.0))
+        local = RopeLayer(layout, n_rot, rope_theta(n_rot, float(get("rope.freq_base_swa", 10000.0)), 1.0))
         return [local if il % pattern < pattern - 1 else glob for il in range(n_layer)], ""
     return [glob] * n_layer, ""

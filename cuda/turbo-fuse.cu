@@ -26,6 +26,8 @@
 #include "../ggml-impl.h"
 
 #include <cstring>
+#include <algorithm>
+#include <unordered_map>
 #include <unordered_set>
 
 #define TQ_FUSE_WINDOW 96   // nodes searched for a consumer
@@ -93,6 +95,48 @@ static const ggml_tensor * tq_root(const ggml_tensor * t) {
     return t->view_src ? t->view_src : t;
 }
 
+// all non-view consumers of node i, reached through views (at most max_out of them): their count,
+// -1 if a tensor on the way is a graph output or has a consumer beyond the search window
+static int tq_consumers(const ggml_cgraph * g, const int i, int * out, int * out_src, const int max_out) {
+    int stack[8];
+    int ns = 0;
+    int n  = 0;
+    stack[ns++] = i;
+    while (ns > 0) {
+        const int cur = stack[--ns];
+        const ggml_tensor * t = g->nodes[cur];
+        if (t->flags & GGML_TENSOR_FLAG_OUTPUT) {
+            return -1;
+        }
+        int found = 0;
+        for (int j = cur + 1; j < g->n_nodes && j <= cur + TQ_FUSE_WINDOW; ++j) {
+            for (int s = 0; s < GGML_MAX_SRC; ++s) {
+                if (g->nodes[j]->src[s] != t) {
+                    continue;
+                }
+                ++found;
+                if (tq_is_view(g->nodes[j])) {
+                    if (ns == 8) {
+                        return -1;
+                    }
+                    stack[ns++] = j;
+                } else {
+                    if (n == max_out) {
+                        return -1;
+                    }
+                    out[n] = j;
+                    out_src[n] = s;
+                    ++n;
+                }
+            }
+        }
+        if (found != ggml_node_get_use_count(g, cur)) {
+            return -1;
+        }
+    }
+    return n;
+}
+
 // rotation node i whose SET_ROWS consumer writes a turbo cache row per token: the fused store applies
 static bool tq_store_applies(const ggml_tensor * rot, const ggml_tensor * sr) {
     const ggml_tensor * x   = sr->src[0];
@@ -104,23 +148,61 @@ static bool tq_store_applies(const ggml_tensor * rot, const ggml_tensor * sr) {
            ggml_nelements(idx) == x->ne[1] && sr->ne[0] == x->ne[0] && sr->ne[2] == 1 && sr->ne[3] == 1;
 }
 
-// node i is a rotation whose work a later node does (a turbo cache write or the decode kernel's Q):
-// that node's index, else -1
-static int tq_deferred(const ggml_cgraph * g, const int i, const int device) {
+// the sink store's write (llama_kv_cache::cpy_sink) beside the turbo cache write cache_sr, from the
+// same rotation: every token's rotated row to its side row of an F16 store named *_sink_l*, whose
+// last row is scratch (the tokens that are no sink cells go there; the fused store skips them)
+static bool tq_side_store_applies(const ggml_tensor * rot, const ggml_tensor * sr, const ggml_tensor * cache_sr) {
+    const ggml_tensor * x   = sr->src[0];
+    const ggml_tensor * idx = sr->src[1];
+    const ggml_tensor * xc  = cache_sr->src[0];
+    return sr->op == GGML_OP_SET_ROWS && sr->type == GGML_TYPE_F16 && strstr(tq_root(sr)->name, "_sink_l") != nullptr &&
+           x->view_src == rot && x->view_offs == 0 && ggml_is_contiguous(x) && x->type == GGML_TYPE_F32 &&
+           x->ne[0] == xc->ne[0] && x->ne[1] == xc->ne[1] && x->ne[2] == 1 && x->ne[3] == 1 &&
+           (idx->type == GGML_TYPE_I64 || idx->type == GGML_TYPE_I32) && ggml_is_contiguous(idx) &&
+           ggml_nelements(idx) == x->ne[1] && sr->ne[0] == x->ne[0] && sr->ne[2] == 1 && sr->ne[3] == 1 &&
+           sr->nb[1] == (size_t) sr->ne[0]*sizeof(half);
+}
+
+// node i is a rotation whose work a later node does (a turbo cache write, with the sink store's
+// write when there is one, or the decode kernel's Q): that node's index (work), else -1
+struct tq_defer {
+    int work = -1;
+    int side = -1;   // the sink store's SET_ROWS, done by the fused store too
+};
+
+static tq_defer tq_deferred(const ggml_cgraph * g, const int i, const int device) {
+    tq_defer d;
     const ggml_tensor * t = g->nodes[i];
     if (!tq_is_rot(t)) {
-        return -1;
+        return d;
     }
     int s = -1;
     const int c = tq_sole_consumer(g, i, &s, false);
-    if (c < 0 || s != 0) {
-        return -1;
+    if (c >= 0) {
+        if (s != 0) {
+            return d;
+        }
+        const ggml_tensor * n = g->nodes[c];
+        const bool store = n->op == GGML_OP_SET_ROWS && tq_store_applies(t, n);
+        const bool q = n->op == GGML_OP_FLASH_ATTN_EXT && tq_root(n->src[0]) == t && n->src[0]->ne[0] == t->ne[0] &&
+                       ggml_cuda_fattn_turbo_takes_rot(device, n);
+        d.work = store || q ? c : -1;
+        return d;
     }
-    const ggml_tensor * n = g->nodes[c];
-    const bool store = n->op == GGML_OP_SET_ROWS && tq_store_applies(t, n);
-    const bool q = n->op == GGML_OP_FLASH_ATTN_EXT && tq_root(n->src[0]) == t && n->src[0]->ne[0] == t->ne[0] &&
-                   ggml_cuda_fattn_turbo_takes_rot(device, n);
-    return store || q ? c : -1;
+    int cs[2];
+    int ss[2];
+    if (tq_consumers(g, i, cs, ss, 2) != 2 || ss[0] != 0 || ss[1] != 0) {
+        return d;
+    }
+    for (int a = 0; a < 2; ++a) {
+        const ggml_tensor * sr = g->nodes[cs[a]];
+        if (sr->op == GGML_OP_SET_ROWS && tq_store_applies(t, sr) && tq_side_store_applies(t, g->nodes[cs[1 - a]], sr)) {
+            d.work = cs[a];
+            d.side = cs[1 - a];
+            return d;
+        }
+    }
+    return d;
 }
 
 // node i is a FLASH_ATTN_EXT whose output a rotation takes through reshapes only: that rotation's index
@@ -155,9 +237,9 @@ void tq_cuda_fuse_plan(const int device, ggml_cgraph * g, ggml_backend_graph_opt
     };
     for (int i = 0; i < g->n_nodes; ++i) {
         ggml_tensor * t = g->nodes[i];
-        const int c = tq_deferred(g, i, device);
-        if (c >= 0) {
-            keep(t->src[1], g->nodes[c]);   // read by the node that does the rotation
+        const tq_defer d = tq_deferred(g, i, device);
+        if (d.work >= 0) {
+            keep(t->src[1], g->nodes[std::max(d.work, d.side)]);   // read by the node that does the rotation
         }
         const int o = tq_out_target(g, i, device);
         if (o >= 0) {
@@ -179,11 +261,20 @@ void tq_cuda_fuse_plan(const int device, ggml_cgraph * g, ggml_backend_graph_opt
 
 // ---- the fused store
 
+// the sink store's write beside the cache write (tq_side_store_applies): null dst: none
+struct tq_side_store {
+    half       * dst   = nullptr;
+    int64_t      nb1   = 0;
+    const void * idx   = nullptr;
+    int          idx64 = 0;
+    int64_t      skip  = -1;   // the scratch row: not written
+};
+
 template <int N, int levels>
 __launch_bounds__(128, 1)
 static __global__ void tq_rot_set_rows(const float * __restrict__ x, const float * __restrict__ signs, const float scale,
         const void * __restrict__ idx, const int idx64, char * __restrict__ dst, const int64_t nb1,
-        const int n_head, const int64_t n_rows) {
+        const int n_head, const int64_t n_rows, const tq_side_store side) {
     constexpr int BLK = levels == 8 ? 26 : 18;
     const int64_t r = (int64_t) blockIdx.x*blockDim.y + threadIdx.y;
     const int lane = threadIdx.x;
@@ -200,12 +291,22 @@ static __global__ void tq_rot_set_rows(const float * __restrict__ x, const float
     const int64_t t = r / n_head;
     const int     h = (int) (r % n_head);
     const int64_t row = idx64 ? ((const int64_t *) idx)[t] : (int64_t) ((const int32_t *) idx)[t];
+    if (side.dst) {
+        const int64_t srow = side.idx64 ? ((const int64_t *) side.idx)[t] : (int64_t) ((const int32_t *) side.idx)[t];
+        if (srow != side.skip) {
+            half * o = (half *) ((char *) side.dst + srow*side.nb1) + int64_t(h)*N;
+#pragma unroll
+            for (int i = 0; i < N/32; ++i) {
+                o[i*32 + lane] = __float2half(reg[i]);
+            }
+        }
+    }
     char * out = dst + row*nb1 + int64_t(h)*(N/64)*BLK;
     tq_quantize_blocks_warp<levels, N/64>(reg, levels == 8 ? kvalues_turbo3 : kvalues_turbo2, (uint16_t *) out, lane);
 }
 
 template <int N>
-static void tq_rot_set_rows_launch(const ggml_tensor * rot, const ggml_tensor * sr, cudaStream_t stream) {
+static void tq_rot_set_rows_launch(const ggml_tensor * rot, const ggml_tensor * sr, const tq_side_store & side, cudaStream_t stream) {
     const ggml_tensor * x   = rot->src[1];
     const ggml_tensor * idx = sr->src[1];
     const int64_t n_rows = ggml_nrows(rot);
@@ -216,10 +317,10 @@ static void tq_rot_set_rows_launch(const ggml_tensor * rot, const ggml_tensor * 
     const int idx64 = idx->type == GGML_TYPE_I64;
     if (sr->type == GGML_TYPE_TURBO3) {
         tq_rot_set_rows<N, 8><<<grid, block, 0, stream>>>((const float *) x->data, (const float *) rot->src[0]->data, scale,
-            idx->data, idx64, (char *) sr->data, (int64_t) sr->nb[1], n_head, n_rows);
+            idx->data, idx64, (char *) sr->data, (int64_t) sr->nb[1], n_head, n_rows, side);
     } else {
         tq_rot_set_rows<N, 4><<<grid, block, 0, stream>>>((const float *) x->data, (const float *) rot->src[0]->data, scale,
-            idx->data, idx64, (char *) sr->data, (int64_t) sr->nb[1], n_head, n_rows);
+            idx->data, idx64, (char *) sr->data, (int64_t) sr->nb[1], n_head, n_rows, side);
     }
     CUDA_CHECK(cudaGetLastError());
 }
@@ -346,10 +447,13 @@ static bool tq_fattn_prefill(ggml_backend_cuda_context & ctx, ggml_tensor * node
 // nodes of the graph being computed whose work moved elsewhere (deferred rotations, fused rotations)
 static thread_local std::unordered_set<const ggml_tensor *> tq_deferred_set;
 static thread_local std::unordered_set<const ggml_tensor *> tq_done_set;
+// a deferred rotation feeding a cache write and the sink store's write: those two SET_ROWS
+static thread_local std::unordered_map<const ggml_tensor *, std::pair<const ggml_tensor *, const ggml_tensor *>> tq_store_pairs;
 
 void tq_cuda_fuse_begin() {
     tq_deferred_set.clear();
     tq_done_set.clear();
+    tq_store_pairs.clear();
 }
 
 static const ggml_tensor * tq_deferred_root(const ggml_tensor * t) {
@@ -370,8 +474,12 @@ bool tq_cuda_fuse_node(ggml_backend_cuda_context & ctx, ggml_cgraph * g, const i
         return true;
     }
     if (node->op == GGML_OP_MUL_MAT) {
-        if (tq_deferred(g, i, ctx.device) >= 0) {
+        const tq_defer d = tq_deferred(g, i, ctx.device);
+        if (d.work >= 0) {
             tq_deferred_set.insert(node);
+            if (d.side >= 0) {
+                tq_store_pairs[node] = { g->nodes[d.work], g->nodes[d.side] };
+            }
             return true;
         }
         return false;
@@ -381,11 +489,25 @@ bool tq_cuda_fuse_node(ggml_backend_cuda_context & ctx, ggml_cgraph * g, const i
         if (!rot) {
             return false;
         }
-        GGML_ASSERT(tq_store_applies(rot, node));
+        // the cache write, and the sink store's write with it (whichever of the two comes first)
+        const ggml_tensor * sr = node;
+        tq_side_store side;
+        const auto p = tq_store_pairs.find(rot);
+        if (p != tq_store_pairs.end()) {
+            sr = p->second.first;
+            const ggml_tensor * s16 = p->second.second;
+            side.dst   = (half *) s16->data;
+            side.nb1   = (int64_t) s16->nb[1];
+            side.idx   = s16->src[1]->data;
+            side.idx64 = s16->src[1]->type == GGML_TYPE_I64;
+            side.skip  = s16->ne[1] - 1;
+            tq_done_set.insert(node == sr ? s16 : sr);
+        }
+        GGML_ASSERT(tq_store_applies(rot, sr));
         switch (rot->ne[0]) {
-            case  64: tq_rot_set_rows_launch< 64>(rot, node, ctx.stream()); break;
-            case 128: tq_rot_set_rows_launch<128>(rot, node, ctx.stream()); break;
-            case 256: tq_rot_set_rows_launch<256>(rot, node, ctx.stream()); break;
+            case  64: tq_rot_set_rows_launch< 64>(rot, sr, side, ctx.stream()); break;
+            case 128: tq_rot_set_rows_launch<128>(rot, sr, side, ctx.stream()); break;
+            case 256: tq_rot_set_rows_launch<256>(rot, sr, side, ctx.stream()); break;
             default: GGML_ABORT("unexpected rotation size");
         }
         return true;

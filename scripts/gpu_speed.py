@@ -60,7 +60,8 @@ def import_gguf():
 
 # the series' default GGML_CUDA_FA_QUANTS (patches/0006); pairs the run asks for are added to it
 DEFAULT_FA = ["q4_0-q4_0", "q8_0-q8_0", "f16-f16", "bf16-bf16", "turbo3-turbo3", "turbo2-turbo2",
-              "turbo3-turbo2", "q8_0-turbo3", "q8_0-turbo2", "f16-turbo3"]
+              "turbo3-turbo2", "turbo2-turbo3", "q8_0-turbo3", "q8_0-turbo2", "turbo3-q8_0", "turbo2-q8_0",
+              "f16-turbo3"]
 
 
 # same-run A/B options: extra rows 'K/V<suffix>' run with env, in A B B A order against the

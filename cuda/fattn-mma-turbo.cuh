@@ -11,7 +11,10 @@
 //     G Q heads of a K/V head cost no extra instructions per value.
 // Measured (H100, docs/results/cuda.md): at depth 32768 attention takes 0.91 ms per token
 // against the vector kernel's 1.30 ms (decode +6.6 %); the loads alone (0.55 ms) and the math
-// alone (0.63 ms) each take most of that: they overlap poorly.
+// alone (0.63 ms) each take most of that: they overlap poorly. 2026-11-25 (2): the long-context
+// instance (KT below, short staging path) executes 4.2 instructions per cached value instead of
+// 7.4 (ncu, depth 32768: 34 µs per layer instead of 42); it then stalls mostly on the staged
+// loads (long scoreboard) and its SMs idle a third of the launch.
 //
 // Layout (one block: one Q column, one K/V head, up to 8 of its Q heads; 4 warps, each owning
 // 32 positions per iteration: S for 4 tiles of 8 positions, one softmax step, Oᵀ in 2 steps of 16):
@@ -124,14 +127,35 @@ static constexpr __host__ __device__ int tq_stride(const int n) { return 16*(tq_
 // are read whole from L2 (cg), a few bytes of the neighbouring heads included. The view's last
 // row (k_last) is copied apart, in 4-byte words that overlap the slice, so nothing past the tensor
 // is read (a loop of its own: unrolled with the rest it doubled the kernel's code).
+// Short path (fast, uniform per warp: every row kbase.. is below k_max and k_last): each lane
+// steps a pointer to its chunk through the rows and copies its chunk whether or not the slice
+// reaches into it (the extra bytes are the neighbouring heads' or the next row's, inside the
+// tensor since the row is not the last; they land in the row's padding), no clamps or per-row
+// tests: the general path's address arithmetic cost ~30 instructions per chunk.
 template <int ROWS, int NBYTES>
 static __device__ __forceinline__ void tq_stage_rows(uint8_t * dst, const char * src, const int64_t nb, const int kbase,
-                                                     const int k_max, const int k_last, const int lane) {
+                                                     const int k_max, const int k_last, const int lane, const bool fast) {
     constexpr int C   = tq_chunks(NBYTES);
     constexpr int S   = tq_stride(NBYTES);
     constexpr int RPP = WARP_SIZE / C;
     const int lr = lane / C;
     const int c  = lane % C;
+    if (fast) {
+        if (lr < RPP) {
+            // (row + 16c) & ~15 is the aligned chunk c of the row
+            uintptr_t p = (uintptr_t) (src + int64_t(kbase + lr)*nb) + 16*c;
+            const uintptr_t step = (uintptr_t) (int64_t(RPP)*nb);
+            uint8_t * d = dst + lr*S + 16*c;
+#pragma unroll
+            for (int r0 = 0; r0 < ROWS; r0 += RPP) {
+                if (r0 + RPP <= ROWS || r0 + lr < ROWS) {
+                    tq_cp_async_16(d + r0*S, (const void *) (p & ~(uintptr_t) 15));
+                }
+                p += step;
+            }
+        }
+        return;
+    }
     if (lr < RPP) {
 #pragma unroll
         for (int r0 = 0; r0 < ROWS; r0 += RPP) {
@@ -164,7 +188,26 @@ static __device__ __forceinline__ void tq_stage_rows(uint8_t * dst, const char *
     }
 }
 
-template <int D, ggml_type type_K, ggml_type type_V, int STAGES, int MINB, int MODE, bool ROLL>
+static __device__ __forceinline__ uint32_t tq_movmatrix_t(const uint32_t x) {
+#if defined(AMPERE_MMA_AVAILABLE)
+    uint32_t r;
+    asm("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;" : "=r"(r) : "r"(x));
+    return r;
+#else
+    GGML_UNUSED(x);
+    NO_DEVICE_CODE;
+    return 0;
+#endif
+}
+
+// KT (the long-context instance, TQ_OFF_KT turns it off): scores as S^T = K·Q^T, A = 16 positions
+// x 16 dims of K (two rows per lane: g and g+8, the same index words as the B fragment of the
+// other layout), B = Q^T (the qa registers as they are). Half the K mma of S = Q·K^T (whose A has
+// 8 of 16 rows unused) and no per-mma copies of Q and zeros into A's register quad; C holds the
+// lane's scores for heads 2u, 2u+1 at positions g, g+8, so each lane keeps the softmax state of
+// two heads (no shuffles to rescale O) and P reaches the Pᵀ fragment of Oᵀ += Vᵀ·Pᵀ through
+// movmatrix (8x8 transpose of f16 pairs).
+template <int D, ggml_type type_K, ggml_type type_V, int STAGES, int MINB, int MODE, bool ROLL, bool KT>
 __launch_bounds__(128, MINB)
 static __global__ void flash_attn_ext_mma_turbo(
         const char * Q_ptr,
@@ -230,9 +273,22 @@ static __global__ void flash_attn_ext_mma_turbo(
     const char * Vh = V_ptr + nb23*sequence + int64_t(nb22)*kv_head;
     const half * maskh = mask_ptr ? (const half *) (mask_ptr + nb33*(sequence % ne33) + int64_t(nb31)*ic0) : nullptr;
     const float slope = g < nh ? get_alibi_slope(max_bias, head0 + g, n_head_log2, m0, m1) : 1.0f;
+    static_assert(!(KT && ROLL), "KT: unrolled instance only");
+    // KT: the slopes of the lane's two heads 2u, 2u+1
+    const float slope_a = KT && 2*u     < nh ? get_alibi_slope(max_bias, head0 + 2*u,     n_head_log2, m0, m1) : 1.0f;
+    const float slope_b = KT && 2*u + 1 < nh ? get_alibi_slope(max_bias, head0 + 2*u + 1, n_head_log2, m0, m1) : 1.0f;
 
     const tq_cb16 tk = tq_cb16_load<type_K>();
     const tq_cb16 tv = tq_cb16_load<type_V>();
+    // KT: the codebooks made opaque to the compiler (xor with blockDim.z - 1, zero at run time), so
+    // that they stay in registers: as constants one word was rematerialized for every lookup
+    tq_cb16 tkc = tk;
+    tq_cb16 tvc = tv;
+    if constexpr (KT) {
+        const uint32_t z = blockDim.z - 1;
+        tkc.l0 ^= z; tkc.l1 ^= z; tkc.h0 ^= z; tkc.h1 ^= z;
+        tvc.l0 ^= z; tvc.l1 ^= z; tvc.h0 ^= z; tvc.h1 ^= z;
+    }
 
     const int n_side = side.k ? side.n_slot : 0;
     const int kstep  = gridDim.y*nwarps*ROWS;
@@ -251,8 +307,10 @@ static __global__ void flash_attn_ext_mma_turbo(
     auto issue = [&](const int k0i, const int st) {
         if (MODE != 2 && k0i < k_max) {
             uint8_t * sk = stage0 + st*STAGE_BYTES;
-            tq_stage_rows<ROWS, NB*BK>(sk,           Kh, nb11, k0i + warp*ROWS, k_max, ne11 - 1, lane);
-            tq_stage_rows<ROWS, NB*BV>(sk + ROWS*SK, Vh, nb21, k0i + warp*ROWS, k_max, ne11 - 1, lane);
+            const int kb = k0i + warp*ROWS;
+            const bool fast = !(side.off & TQ_OFF_STAGE) && kb + ROWS <= min(k_max, ne11 - 1);
+            tq_stage_rows<ROWS, NB*BK>(sk,           Kh, nb11, kb, k_max, ne11 - 1, lane, fast);
+            tq_stage_rows<ROWS, NB*BV>(sk + ROWS*SK, Vh, nb21, kb, k_max, ne11 - 1, lane, fast);
         }
         tq_cp_async_commit();
     };
@@ -341,11 +399,20 @@ static __global__ void flash_attn_ext_mma_turbo(
     // each row's offset within its first chunk (computed, not branched on: a branch on the row
     // stride made the compiler keep two copies of the tile code, and at short context the kernel
     // is bound by fetching its instructions)
-    auto k_off = [&](const int k) { return tq_row_off(Kh + int64_t(min(k, k_max - 1))*nb11); };
-    auto v_off = [&](const int k) { return tq_row_off(Vh + int64_t(min(k, k_max - 1))*nb21); };
+    // (in 32 bits: the low 4 bits of the address are those of its low word)
+    const uint32_t kh_lo = (uint32_t) (uintptr_t) Kh;
+    const uint32_t vh_lo = (uint32_t) (uintptr_t) Vh;
+    auto k_off = [&](const int k) { return (int) ((kh_lo + uint32_t(min(k, k_max - 1))*uint32_t(nb11)) & 15); };
+    auto v_off = [&](const int k) { return (int) ((vh_lo + uint32_t(min(k, k_max - 1))*uint32_t(nb21)) & 15); };
+    // KT: al = std::true_type when both row strides are multiples of 16 (e.g. 8 heads of 52 bytes):
+    // then every row's offset is the head's, and the tiles compute none
+    auto k_off_kt = [&](auto al, const int k) { if constexpr (decltype(al)::value) { return int(kh_lo & 15); } else { return k_off(k); } };
+    auto v_off_kt = [&](auto al, const int k) { if constexpr (decltype(al)::value) { return int(vh_lo & 15); } else { return v_off(k); } };
 
-    float M = -FLT_MAX/2.0f;   // running max of head g (same in the 4 lanes of g)
-    float L = 0.0f;            // this lane's part of the running sum of head g
+    float M = -FLT_MAX/2.0f;   // running max of head g (same in the 4 lanes of g); KT: of head 2u
+    float L = 0.0f;            // this lane's part of the running sum of head g; KT: of head 2u
+    float M2 = -FLT_MAX/2.0f;  // KT: head 2u + 1
+    float L2 = 0.0f;
     float O[D/16][4];          // Oᵀ: dims 16mt + 2g (+1) x heads 2u, 2u+1
 #pragma unroll
     for (int mt = 0; mt < D/16; ++mt) {
@@ -444,6 +511,150 @@ static __global__ void flash_attn_ext_mma_turbo(
         }
     };
 
+    // KT: scores -> softmax state; sc[2i] of head 2u, sc[2i + 1] of head 2u + 1 (positions: the
+    // lanes of the same u)
+    auto softmax_kt = [&](auto & sc) {
+        constexpr int N = sizeof(sc)/sizeof(sc[0]);
+        float ma = sc[0];
+        float mb = sc[1];
+#pragma unroll
+        for (int i = 1; i < N/2; ++i) {
+            ma = fmaxf(ma, sc[2*i]);
+            mb = fmaxf(mb, sc[2*i + 1]);
+        }
+#pragma unroll
+        for (int o = 4; o < WARP_SIZE; o *= 2) {
+            ma = fmaxf(ma, __shfl_xor_sync(0xFFFFFFFF, ma, o, WARP_SIZE));
+            mb = fmaxf(mb, __shfl_xor_sync(0xFFFFFFFF, mb, o, WARP_SIZE));
+        }
+        const float na = fmaxf(M, ma);
+        const float nb = fmaxf(M2, mb);
+        const float sa = expf(M - na);
+        const float sb = expf(M2 - nb);
+        M  = na;
+        M2 = nb;
+        float la = 0.0f;
+        float lb = 0.0f;
+#pragma unroll
+        for (int i = 0; i < N/2; ++i) {
+            sc[2*i]     = expf(sc[2*i]     - M);
+            sc[2*i + 1] = expf(sc[2*i + 1] - M2);
+            la += sc[2*i];
+            lb += sc[2*i + 1];
+        }
+        L  = L *sa + la;
+        L2 = L2*sb + lb;
+#pragma unroll
+        for (int mt2 = 0; mt2 < D/16; ++mt2) {
+            O[mt2][0] *= sa; O[mt2][1] *= sb; O[mt2][2] *= sa; O[mt2][3] *= sb;
+        }
+    };
+
+    // KT: S^T of the 16 positions kp0 + 16t.. (rows 16t + g and 16t + g + 8 of the stage), K's
+    // block scales applied: s = (pos g: heads 2u, 2u+1; pos g + 8: heads 2u, 2u+1)
+    auto k_chunk_kt = [&](auto al, const uint8_t * sk, const int kp0, const int t, float (&s)[4]) {
+        const int r = 16*t + g;
+        const uint8_t * ra = sk + (r    )*SK + k_off_kt(al, kp0 + r);
+        const uint8_t * rb = sk + (r + 8)*SK + k_off_kt(al, kp0 + r + 8);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            s[i] = 0.0f;
+        }
+#pragma unroll
+        for (int b = 0; b < NB; ++b) {
+            uint32_t XA, HA, XB, HB;
+            tq_k_words_c<HK>(ra + b*BK, u, XA, HA);
+            tq_k_words_c<HK>(rb + b*BK, u, XB, HB);
+            uint32_t fa[4][2], fb[4][2];   // rows g, g + 8: slab s's (r0, r1) = A's (a0, a2), (a1, a3)
+            tq_slabs4<HK>(XA, HA, tkc, fa);
+            tq_slabs4<HK>(XB, HB, tkc, fb);
+            float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+            for (int sl = 0; sl < 4; ++sl) {
+                tq_mma_16816(c, fa[sl][0], fb[sl][0], fa[sl][1], fb[sl][1], qa[4*b + sl][0], qa[4*b + sl][1]);
+            }
+            const float da = __half2float(*(const half *) (ra + b*BK));
+            const float db = __half2float(*(const half *) (rb + b*BK));
+            s[0] += da*c[0];
+            s[1] += da*c[1];
+            s[2] += db*c[2];
+            s[3] += db*c[3];
+        }
+    };
+
+    // KT: Oᵀ += Vᵀ Pᵀ over the 16 positions kp0 + 16t..; p = the lane's P (pos g: heads 2u, 2u+1;
+    // pos g + 8: the same), times V's block scale of its position, transposed into Pᵀ's fragment
+    auto v_step_kt = [&](auto al, const uint8_t * sv, const int kp0, const int t, const float (&p)[4]) {
+        const int kt = kp0 + 16*t;
+        const int ra = 16*t + 2*u;
+        const uint8_t * va0 = sv + (ra    )*SV + v_off_kt(al, kt + 2*u);
+        const uint8_t * va1 = sv + (ra + 1)*SV + v_off_kt(al, kt + 2*u + 1);
+        const uint8_t * vb0 = sv + (ra + 8)*SV + v_off_kt(al, kt + 2*u + 8);
+        const uint8_t * vb1 = sv + (ra + 9)*SV + v_off_kt(al, kt + 2*u + 9);
+        const uint8_t * vg0 = sv + (16*t + g    )*SV + v_off_kt(al, kt + g);
+        const uint8_t * vg8 = sv + (16*t + g + 8)*SV + v_off_kt(al, kt + g + 8);
+#pragma unroll
+        for (int b = 0; b < NB; ++b) {
+            const int bo = b*BV;
+            const float d0 = __half2float(*(const half *) (vg0 + bo));
+            const float d8 = __half2float(*(const half *) (vg8 + bo));
+            const uint32_t pb0 = tq_movmatrix_t(tq_pack_h2(p[0]*d0, p[1]*d0));
+            const uint32_t pb1 = tq_movmatrix_t(tq_pack_h2(p[2]*d8, p[3]*d8));
+            uint32_t XA, HA, XB, HB;
+            tq_v_words_c<HV>(va0 + bo, va1 + bo, g, XA, HA);
+            tq_v_words_c<HV>(vb0 + bo, vb1 + bo, g, XB, HB);
+            uint32_t fa[4][2], fb[4][2];   // rows pair A, pair B: slab s's (r0, r1) = (a0, a1), (a2, a3)
+            tq_slabs4<HV>(XA, HA, tvc, fa);
+            tq_slabs4<HV>(XB, HB, tvc, fb);
+#pragma unroll
+            for (int sl = 0; sl < 4; ++sl) {
+                tq_mma_16816(O[4*b + sl], fa[sl][0], fa[sl][1], fb[sl][0], fb[sl][1], pb0, pb1);
+            }
+        }
+    };
+
+    // KT: the warp's 32 staged rows; mk: mask values at positions kp0 + 8j + g (j = 0..3).
+    // sc[4t + 2e + h]: position kp0 + 16t + 8e + g, head 2u + h. Both chunks' scores are computed
+    // before any is finished (softcap, mask), so their mma chains interleave.
+    auto cache_tile_kt = [&](auto al, const uint8_t * sk, const uint8_t * sv, const int kp0, const float (&mk)[4]) {
+        float s0[4];
+        float s1[4];
+        k_chunk_kt(al, sk, kp0, 0, s0);
+        k_chunk_kt(al, sk, kp0, 1, s1);
+        float sc[8];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            sc[i]     = s0[i];
+            sc[i + 4] = s1[i];
+        }
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            const int j = i/2;   // position kp0 + 8j + g
+            float x = sc[i];
+            if (logit_softcap != 0.0f) {
+                x = logit_softcap*tanhf(x);
+            }
+            x += (i % 2 ? slope_b : slope_a)*mk[j];
+            sc[i] = kp0 + 8*j + g < k_max ? x : -INFINITY;
+        }
+        if (n_side > 0 && kp0 + 32 > side_lo && kp0 <= side_hi) {
+            // replaced cells score -inf here (the sink store holds them exactly)
+#pragma unroll 1
+            for (int j = 0; j < n_side; ++j) {
+                const int off = side_cells[j] - kp0;
+#pragma unroll
+                for (int i = 0; i < 8; ++i) {
+                    sc[i] = off == 8*(i/2) + g ? -INFINITY : sc[i];
+                }
+            }
+        }
+        softmax_kt(sc);
+        const float p0[4] = {sc[0], sc[1], sc[2], sc[3]};
+        const float p1[4] = {sc[4], sc[5], sc[6], sc[7]};
+        v_step_kt(al, sv, kp0, 0, p0);
+        v_step_kt(al, sv, kp0, 1, p1);
+    };
+
     // ---- the warp's 32 staged rows (positions kp0..): S for 4 tiles of 8, one softmax step,
     // then Oᵀ over 2 steps of 16; mk: mask values of the lane's 8 scores.
     // ROLL (short context): the 4 K sub-tiles and the 2 V steps run as loops, not unrolled copies
@@ -520,28 +731,63 @@ static __global__ void flash_attn_ext_mma_turbo(
         const char * Vs = side.v + sequence*side.nbv3 + int64_t(kv_head)*side.nbv2;
         for (int j0 = 16*side_w; j0 < n_side; j0 += 16*nwarps) {
             float sc[4];
-#pragma unroll
-            for (int nt = 0; nt < 2; ++nt) {
-                const int jr = min(j0 + 8*nt + g, n_side - 1);
-                const half * kr = (const half *) (Ks + int64_t(jr)*side.nbk1);
+            uint32_t pb0, pb1;
+            if constexpr (KT) {
+                // sc[2e + h]: slot j0 + 8e + g, head 2u + h
+                const half * ka = (const half *) (Ks + int64_t(min(j0 + g,     n_side - 1))*side.nbk1);
+                const half * kb = (const half *) (Ks + int64_t(min(j0 + g + 8, n_side - 1))*side.nbk1);
                 float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
                 for (int ks = 0; ks < D/16; ++ks) {
-                    const uint32_t b0 = *(const uint32_t *) (kr + 16*ks + 2*u);
-                    const uint32_t b1 = *(const uint32_t *) (kr + 16*ks + 2*u + 8);
-                    tq_mma_16816(c, qa[ks][0], 0u, qa[ks][1], 0u, b0, b1);
+                    const uint32_t a0 = *(const uint32_t *) (ka + 16*ks + 2*u);
+                    const uint32_t a1 = *(const uint32_t *) (kb + 16*ks + 2*u);
+                    const uint32_t a2 = *(const uint32_t *) (ka + 16*ks + 2*u + 8);
+                    const uint32_t a3 = *(const uint32_t *) (kb + 16*ks + 2*u + 8);
+                    tq_mma_16816(c, a0, a1, a2, a3, qa[ks][0], qa[ks][1]);
                 }
 #pragma unroll
-                for (int i = 0; i < 2; ++i) {
-                    const int j    = j0 + 8*nt + 2*u + i;
+                for (int e = 0; e < 2; ++e) {
+                    const int j    = j0 + 8*e + g;
                     const int cell = j < n_side ? side_cells[j] : -1;
                     const bool ok  = cell >= 0 && cell < k_max;
-                    sc[2*nt + i] = ok ? finish_score(c[i], cell, maskh ? __half2float(maskh[cell]) : 0.0f) : -INFINITY;
+                    const float mk = ok && maskh ? __half2float(maskh[cell]) : 0.0f;
+#pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                        float x = c[2*e + h];
+                        if (logit_softcap != 0.0f) {
+                            x = logit_softcap*tanhf(x);
+                        }
+                        x += (h ? slope_b : slope_a)*mk;
+                        sc[2*e + h] = ok ? x : -INFINITY;
+                    }
                 }
+                softmax_kt(sc);
+                pb0 = tq_movmatrix_t(tq_pack_h2(sc[0], sc[1]));
+                pb1 = tq_movmatrix_t(tq_pack_h2(sc[2], sc[3]));
+            } else {
+#pragma unroll
+                for (int nt = 0; nt < 2; ++nt) {
+                    const int jr = min(j0 + 8*nt + g, n_side - 1);
+                    const half * kr = (const half *) (Ks + int64_t(jr)*side.nbk1);
+                    float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+                    for (int ks = 0; ks < D/16; ++ks) {
+                        const uint32_t b0 = *(const uint32_t *) (kr + 16*ks + 2*u);
+                        const uint32_t b1 = *(const uint32_t *) (kr + 16*ks + 2*u + 8);
+                        tq_mma_16816(c, qa[ks][0], 0u, qa[ks][1], 0u, b0, b1);
+                    }
+#pragma unroll
+                    for (int i = 0; i < 2; ++i) {
+                        const int j    = j0 + 8*nt + 2*u + i;
+                        const int cell = j < n_side ? side_cells[j] : -1;
+                        const bool ok  = cell >= 0 && cell < k_max;
+                        sc[2*nt + i] = ok ? finish_score(c[i], cell, maskh ? __half2float(maskh[cell]) : 0.0f) : -INFINITY;
+                    }
+                }
+                softmax(sc);
+                pb0 = tq_pack_h2(sc[0], sc[1]);
+                pb1 = tq_pack_h2(sc[2], sc[3]);
             }
-            softmax(sc);
-            const uint32_t pb0 = tq_pack_h2(sc[0], sc[1]);
-            const uint32_t pb1 = tq_pack_h2(sc[2], sc[3]);
             const half * v0 = (const half *) (Vs + int64_t(min(j0 + 2*u,     n_side - 1))*side.nbv1);
             const half * v1 = (const half *) (Vs + int64_t(min(j0 + 2*u + 1, n_side - 1))*side.nbv1);
             const half * v8 = (const half *) (Vs + int64_t(min(j0 + 2*u + 8, n_side - 1))*side.nbv1);
@@ -563,12 +809,13 @@ static __global__ void flash_attn_ext_mma_turbo(
 #pragma unroll 1
     for (int k0 = kfirst; k0 < k_max; k0 += kstep) {
         issue(k0 + (STAGES - 1)*kstep, (st + STAGES - 1) % STAGES);
-        // mask values of the lane's 8 scores, loaded before waiting for the rows
-        float mk[8];
+        // mask values of the lane's 8 scores (KT: its 4 positions), loaded before waiting for the rows
+        constexpr int NMK = KT ? 4 : 8;
+        float mk[NMK];
         bool live = false;
 #pragma unroll
-        for (int i = 0; i < 8; ++i) {
-            const int kp = k0 + warp*ROWS + 8*(i/2) + 2*u + i%2;
+        for (int i = 0; i < NMK; ++i) {
+            const int kp = k0 + warp*ROWS + (KT ? 8*i + g : 8*(i/2) + 2*u + i%2);
             mk[i] = maskh ? __half2float(maskh[min(kp, k_max - 1)]) : 0.0f;
             live = live || (kp < k_max && mk[i] != -INFINITY);
         }
@@ -581,7 +828,15 @@ static __global__ void flash_attn_ext_mma_turbo(
             const uint8_t * sk = stage0 + st*STAGE_BYTES;
 #pragma unroll 1
             for (int rep = 0; rep < (MODE == 4 ? 2 : 1); ++rep) {   // probe 4: the tile twice (the second time with its code cached)
-                cache_tile(sk, sk + ROWS*SK, k0 + warp*ROWS, mk);
+                if constexpr (KT) {
+                    if (((nb11 | nb21) & 15) == 0) {
+                        cache_tile_kt(std::true_type{},  sk, sk + ROWS*SK, k0 + warp*ROWS, mk);
+                    } else {
+                        cache_tile_kt(std::false_type{}, sk, sk + ROWS*SK, k0 + warp*ROWS, mk);
+                    }
+                } else {
+                    cache_tile(sk, sk + ROWS*SK, k0 + warp*ROWS, mk);
+                }
             }
         }
         __syncwarp();
@@ -591,7 +846,23 @@ static __global__ void flash_attn_ext_mma_turbo(
 
 
     // attention sinks: one warp takes them into its softmax state (as upstream)
-    if (sinks_ptr && blockIdx.y == 0 && warp == 0) {
+    if (KT && sinks_ptr && blockIdx.y == 0 && warp == 0) {
+        const float sink_a = 2*u     < nh ? ((const float *) sinks_ptr)[head0 + 2*u]     : -FLT_MAX/2.0f;
+        const float sink_b = 2*u + 1 < nh ? ((const float *) sinks_ptr)[head0 + 2*u + 1] : -FLT_MAX/2.0f;
+        const float na = fmaxf(M, sink_a);
+        const float nb = fmaxf(M2, sink_b);
+        const float sa = expf(M - na);
+        const float sb = expf(M2 - nb);
+        M  = na;
+        M2 = nb;
+        L  = L *sa + (g == 0 ? expf(sink_a - M)  : 0.0f);
+        L2 = L2*sb + (g == 0 ? expf(sink_b - M2) : 0.0f);
+#pragma unroll
+        for (int mt = 0; mt < D/16; ++mt) {
+            O[mt][0] *= sa; O[mt][1] *= sb; O[mt][2] *= sa; O[mt][3] *= sb;
+        }
+    }
+    if (!KT && sinks_ptr && blockIdx.y == 0 && warp == 0) {
         const float sink = g < nh ? ((const float *) sinks_ptr)[head0 + g] : -FLT_MAX/2.0f;
         const float mnew = fmaxf(M, sink);
         const float scl  = expf(M - mnew);
@@ -606,8 +877,16 @@ static __global__ void flash_attn_ext_mma_turbo(
     }
 
     // ---- combine the warps (the staging buffers are reused)
-    L += __shfl_xor_sync(0xFFFFFFFF, L, 1, WARP_SIZE);
-    L += __shfl_xor_sync(0xFFFFFFFF, L, 2, WARP_SIZE);
+    if constexpr (KT) {
+#pragma unroll
+        for (int o = 4; o < WARP_SIZE; o *= 2) {
+            L  += __shfl_xor_sync(0xFFFFFFFF, L,  o, WARP_SIZE);
+            L2 += __shfl_xor_sync(0xFFFFFFFF, L2, o, WARP_SIZE);
+        }
+    } else {
+        L += __shfl_xor_sync(0xFFFFFFFF, L, 1, WARP_SIZE);
+        L += __shfl_xor_sync(0xFFFFFFFF, L, 2, WARP_SIZE);
+    }
     __syncthreads();
     float * VKQs = (float *) smem;   // [nwarps][G][D]
 #pragma unroll
@@ -616,7 +895,12 @@ static __global__ void flash_attn_ext_mma_turbo(
         *(float2 *) &VKQs[(warp*G + 2*u    )*D + d] = make_float2(O[mt][0], O[mt][2]);
         *(float2 *) &VKQs[(warp*G + 2*u + 1)*D + d] = make_float2(O[mt][1], O[mt][3]);
     }
-    if (u == 0) {
+    if (KT) {
+        if (g == 0) {
+            meta_s[warp][2*u]     = make_float2(M,  L);
+            meta_s[warp][2*u + 1] = make_float2(M2, L2);
+        }
+    } else if (u == 0) {
         meta_s[warp][g] = make_float2(M, L);
     }
     __syncthreads();
@@ -709,13 +993,23 @@ static constexpr size_t tq_mma_smem_bytes() {
     return stage > comb ? stage : comb;
 }
 
-template <int D, ggml_type type_K, ggml_type type_V, int STAGES, int MINB, int MODE, bool ROLL = false>
+template <int D, ggml_type type_K, ggml_type type_V, int STAGES, int MINB, int MODE, bool ROLL = false, bool KT = false>
 static void ggml_cuda_flash_attn_ext_mma_turbo_launch(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
     constexpr int nwarps = 4;
     constexpr size_t nbytes = tq_mma_smem_bytes<D, type_K, type_V, STAGES>();
     GGML_ASSERT((!dst->src[5] || dst->src[5]->ne[1] <= TQ_FATTN_SIDE_MAX) && "sink store larger than the decode kernel takes");
-    tq_fattn_kernel_t kernel = flash_attn_ext_mma_turbo<D, type_K, type_V, STAGES, MINB, MODE, ROLL>;
+    tq_fattn_kernel_t kernel = flash_attn_ext_mma_turbo<D, type_K, type_V, STAGES, MINB, MODE, ROLL, KT>;
     CUDA_SET_SHARED_MEMORY_LIMIT((const void *) kernel, nbytes);
+    if constexpr (MINB > 2) {
+        // several blocks per SM: the largest shared-memory carveout, so that shared memory does not
+        // cap the blocks below what launch_fattn's occupancy query (and parallel-block count) assumes
+        static bool carveout_set[GGML_CUDA_MAX_DEVICES] = {false};
+        const int id = ggml_cuda_get_device();
+        if (!carveout_set[id]) {
+            CUDA_CHECK(cudaFuncSetAttribute((const void *) kernel, cudaFuncAttributePreferredSharedMemoryCarveout, 100));
+            carveout_set[id] = true;
+        }
+    }
     launch_fattn<D, 1, 8>(ctx, dst, nullptr, nwarps, nbytes, nwarps*32, false, false, false, false, WARP_SIZE, kernel);
 }
 
@@ -728,6 +1022,17 @@ static int tq_mma_probe() {
         const char * e = getenv("TQ_FA_TURBO_PROBE");
         return !e ? 0 : strcmp(e, "loads") == 0 ? 1 : strcmp(e, "compute") == 0 ? 2 : strcmp(e, "none") == 0 ? 3 :
                         strcmp(e, "twice") == 0 ? 4 : strcmp(e, "notile") == 0 ? 5 : 0;
+    }();
+    return v;
+}
+
+// TQ_FA_TURBO_MINB=2|3|4 (measurements): blocks per SM of the head-128 long-context instance
+// (default 2; 3 and 4 measured no faster, docs/results/cuda.md 2026-11-25 (2))
+static int tq_mma_minb() {
+    static const int v = [] {
+        const char * e = getenv("TQ_FA_TURBO_MINB");
+        const int n = e ? atoi(e) : 2;
+        return n == 3 || n == 4 ? n : 2;
     }();
     return v;
 }
@@ -768,6 +1073,19 @@ static void ggml_cuda_flash_attn_ext_mma_turbo(ggml_backend_cuda_context & ctx, 
     }
     if (dst->src[1]->ne[1] <= TQ_MMA_SHORT_KV && !(tq_fattn_off() & TQ_OFF_ROLL)) {
         ggml_cuda_flash_attn_ext_mma_turbo_launch<D, type_K, type_V, 2, 2, 0, true>(ctx, dst);
+        return;
+    }
+    if (!(tq_fattn_off() & TQ_OFF_KT)) {
+        if constexpr (D == 128) {
+            // blocks per SM of the long-context instance (registers capped at 255, 168, 128; with 4 the
+            // turbo instances spill 8-32 bytes): TQ_FA_TURBO_MINB=2|3|4 (measurements)
+            switch (tq_mma_minb()) {
+                case 3:  ggml_cuda_flash_attn_ext_mma_turbo_launch<D, type_K, type_V, 2, 3, 0, false, true>(ctx, dst); return;
+                case 4:  ggml_cuda_flash_attn_ext_mma_turbo_launch<D, type_K, type_V, 2, 4, 0, false, true>(ctx, dst); return;
+                default: ggml_cuda_flash_attn_ext_mma_turbo_launch<D, type_K, type_V, 2, 2, 0, false, true>(ctx, dst); return;
+            }
+        }
+        ggml_cuda_flash_attn_ext_mma_turbo_launch<D, type_K, type_V, 2, 2, 0, false, true>(ctx, dst);
         return;
     }
     ggml_cuda_flash_attn_ext_mma_turbo_launch<D, type_K, type_V, 2, 2, 0>(ctx, dst);

@@ -40,10 +40,14 @@ struct tq_fattn_side {
 // TQ_FA_TURBO_OFF=bits turns parts of the turbo FlashAttention paths off, for same-build comparisons
 // (measurements only): 1 skipping fully masked tiles, 2 the rolled tile loops (tensor-core decode
 // kernel); 4 the warp converter to f16 (turbo.cuh, TQ_OFF_CONV_WARP); 8 prefill's K/V conversion and
-// sink scatter done by turbo-fuse.cu (upstream's launch_fattn converts and scatters instead)
+// sink scatter done by turbo-fuse.cu (upstream's launch_fattn converts and scatters instead); 16 the
+// tensor-core decode kernel's short staging path (whole 16-byte chunks of rows known in range, no
+// per-row clamps); 32 its transposed score layout (S^T = K.Q^T, the long-context instance)
 #define TQ_OFF_SKIP 1
 #define TQ_OFF_ROLL 2
 #define TQ_OFF_PREFILL 8
+#define TQ_OFF_STAGE 16
+#define TQ_OFF_KT 32
 static int tq_fattn_off() {
     static const int v = [] {
         const char * e = getenv("TQ_FA_TURBO_OFF");

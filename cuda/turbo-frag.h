@@ -110,3 +110,72 @@ TQ_FFN void tq_v_words(const uint8_t * b0, const uint8_t * b1, const int g, uint
         H = tq_prmt(tq_lds_u16(b0 + ho), tq_lds_u16(b1 + ho), 0x5140) >> hs;
     }
 }
+
+// ---- the same fragments from fewer operations (the decode kernel's long-context instance, KT):
+// all four slabs of a word at once. Hc is H with the high bits only (bit 2s of each byte, the other
+// bits clear); E's nibbles are [slab 0 | slab 2] of each byte and O's [slab 1 | slab 3] (index bits
+// 0-1 from X, bit 2 from Hc, bit 3 clear), so that E, E >> 16, O and O >> 16 are PRMT selectors as
+// they are (PRMT reads the selector's low 16 bits): lo/hi bytes of the entries of byte k's two
+// nibbles land in adjacent result bytes, and the two byte permutes that interleave them give
+// (slab 0's r0, slab 2's r0) from E, (slab 0's r1, slab 2's r1) from E >> 16, and slabs 1, 3 from O.
+// About 9 operations and 16 PRMTs per word of 16 values, against 4 x (4-5 + 2) and 16 PRMTs.
+
+// PRMT with a selector whose nibbles have bit 3 clear (as tq_prmt; on the GPU without the
+// & 0x7777 that __byte_perm's definition makes the compiler add)
+TQ_FFN uint32_t tq_prmt_raw(const uint32_t x, const uint32_t y, const uint32_t s) {
+#if defined(__CUDA_ARCH__)
+    uint32_t r;
+    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(x), "r"(y), "r"(s));
+    return r;
+#else
+    return tq_prmt(x, y, s);
+#endif
+}
+
+// sel: 4 nibbles n0..n3 (bit 3 clear) -> r0 = half2(cb[n0], cb[n2]), r1 = half2(cb[n1], cb[n3])
+TQ_FFN void tq_lookup_sel(const uint32_t sel, const tq_cb16 & t, uint32_t & r0, uint32_t & r1) {
+    const uint32_t lo = tq_prmt_raw(t.l0, t.l1, sel);
+    const uint32_t hi = tq_prmt_raw(t.h0, t.h1, sel);
+    r0 = tq_prmt(lo, hi, 0x6240);
+    r1 = tq_prmt(lo, hi, 0x7351);
+}
+
+// r[s][0], r[s][1]: the registers tq_lookup4(tq_idx<hi, s>(X, H), t, ...) gives, for the H whose
+// high bits Hc holds
+template <bool hi>
+TQ_FFN void tq_slabs4(const uint32_t X, const uint32_t Hc, const tq_cb16 & t, uint32_t (&r)[4][2]) {
+    uint32_t E = X & 0x33333333u;
+    uint32_t O = (X >> 2) & 0x33333333u;
+    if constexpr (hi) {
+        E |= (Hc << 2) & 0xCCCCCCCCu;
+        O |= Hc & 0xCCCCCCCCu;
+    }
+    tq_lookup_sel(E,       t, r[0][0], r[2][0]);
+    tq_lookup_sel(E >> 16, t, r[0][1], r[2][1]);
+    tq_lookup_sel(O,       t, r[1][0], r[3][0]);
+    tq_lookup_sel(O >> 16, t, r[1][1], r[3][1]);
+}
+
+// K: tq_k_words with Hc (turbo3: qh bytes 2u, 2u+1; bits 2s+1, values +8, +9, move to bytes 2, 3)
+template <bool hi>
+TQ_FFN void tq_k_words_c(const uint8_t * blk, const int u, uint32_t & X, uint32_t & Hc) {
+    X = tq_lds_u16(blk + 2 + 2*u) | (tq_lds_u16(blk + 2 + 2*u + 8) << 16);
+    Hc = 0;
+    if constexpr (hi) {
+        const uint32_t h16 = tq_lds_u16(blk + 18 + 2*u);
+        Hc = (h16 | (h16 << 15)) & 0x55555555u;
+    }
+}
+
+// V: tq_v_words with Hc
+template <bool hi>
+TQ_FFN void tq_v_words_c(const uint8_t * b0, const uint8_t * b1, const int g, uint32_t & X, uint32_t & Hc) {
+    const int qo = 2 + 2*g;
+    const int ho = 18 + (2*g) % 8;
+    const int hs = g >= 4;
+    X = tq_prmt(tq_lds_u16(b0 + qo), tq_lds_u16(b1 + qo), 0x5140);
+    Hc = 0;
+    if constexpr (hi) {
+        Hc = (tq_prmt(tq_lds_u16(b0 + ho), tq_lds_u16(b1 + ho), 0x5140) >> hs) & 0x55555555u;
+    }
+}

@@ -1026,17 +1026,6 @@ static int tq_mma_probe() {
     return v;
 }
 
-// TQ_FA_TURBO_MINB=2|3|4 (measurements): blocks per SM of the head-128 long-context instance
-// (default 2; 3 and 4 measured no faster, docs/results/cuda.md 2026-11-25 (2))
-static int tq_mma_minb() {
-    static const int v = [] {
-        const char * e = getenv("TQ_FA_TURBO_MINB");
-        const int n = e ? atoi(e) : 2;
-        return n == 3 || n == 4 ? n : 2;
-    }();
-    return v;
-}
-
 // TQ_FA_TURBO_MMA=0 keeps turbo x turbo decode on the vector kernel (for comparisons).
 static bool tq_fattn_mma_enabled() {
     static const bool on = [] {
@@ -1076,15 +1065,6 @@ static void ggml_cuda_flash_attn_ext_mma_turbo(ggml_backend_cuda_context & ctx, 
         return;
     }
     if (!(tq_fattn_off() & TQ_OFF_KT)) {
-        if constexpr (D == 128) {
-            // blocks per SM of the long-context instance (registers capped at 255, 168, 128; with 4 the
-            // turbo instances spill 8-32 bytes): TQ_FA_TURBO_MINB=2|3|4 (measurements)
-            switch (tq_mma_minb()) {
-                case 3:  ggml_cuda_flash_attn_ext_mma_turbo_launch<D, type_K, type_V, 2, 3, 0, false, true>(ctx, dst); return;
-                case 4:  ggml_cuda_flash_attn_ext_mma_turbo_launch<D, type_K, type_V, 2, 4, 0, false, true>(ctx, dst); return;
-                default: ggml_cuda_flash_attn_ext_mma_turbo_launch<D, type_K, type_V, 2, 2, 0, false, true>(ctx, dst); return;
-            }
-        }
         ggml_cuda_flash_attn_ext_mma_turbo_launch<D, type_K, type_V, 2, 2, 0, false, true>(ctx, dst);
         return;
     }

@@ -188,6 +188,12 @@ static __device__ __forceinline__ void tq_stage_rows(uint8_t * dst, const char *
     }
 }
 
+static __device__ __forceinline__ unsigned long long tq_globaltimer() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+
 static __device__ __forceinline__ uint32_t tq_movmatrix_t(const uint32_t x) {
 #if defined(AMPERE_MMA_AVAILABLE)
     uint32_t r;
@@ -247,7 +253,8 @@ static __global__ void flash_attn_ext_mma_turbo(
     constexpr bool HV    = tq_mma_blk<type_V>::hi;
     constexpr int SK     = tq_stride(NB*BK);  // staged row strides (bytes)
     constexpr int SV     = tq_stride(NB*BV);
-    constexpr int STAGE_BYTES = ROWS*(SK + SV);
+    constexpr int MASK_OFF    = ROWS*(SK + SV);   // KT: the tile's 32 mask values (staged, see mstaged)
+    constexpr int STAGE_BYTES = MASK_OFF + (KT ? ROWS*int(sizeof(half)) : 0);
     static_assert(D % 64 == 0 && D <= 256, "head size");
 
     extern __shared__ __align__(16) uint8_t smem[];   // staging, then the warps' outputs (tq_mma_smem_bytes)
@@ -273,7 +280,6 @@ static __global__ void flash_attn_ext_mma_turbo(
     const char * Vh = V_ptr + nb23*sequence + int64_t(nb22)*kv_head;
     const half * maskh = mask_ptr ? (const half *) (mask_ptr + nb33*(sequence % ne33) + int64_t(nb31)*ic0) : nullptr;
     const float slope = g < nh ? get_alibi_slope(max_bias, head0 + g, n_head_log2, m0, m1) : 1.0f;
-    static_assert(!(KT && ROLL), "KT: unrolled instance only");
     // KT: the slopes of the lane's two heads 2u, 2u+1
     const float slope_a = KT && 2*u     < nh ? get_alibi_slope(max_bias, head0 + 2*u,     n_head_log2, m0, m1) : 1.0f;
     const float slope_b = KT && 2*u + 1 < nh ? get_alibi_slope(max_bias, head0 + 2*u + 1, n_head_log2, m0, m1) : 1.0f;
@@ -291,40 +297,83 @@ static __global__ void flash_attn_ext_mma_turbo(
     }
 
     const int n_side = side.k ? side.n_slot : 0;
-    const int kstep  = gridDim.y*nwarps*ROWS;
-    const int kfirst = blockIdx.y*nwarps*ROWS;
     const int side_w = nwarps - 1 - warp;     // sink rows 16*side_w.. (the last warp first: at short
                                               // context its own tile is the likeliest to be masked)
 
     ggml_cuda_pdl_sync();
     const int k_max = KV_max_ptr ? min(KV_max_ptr[sequence*gridDim.x + blockIdx.x], ne11) : ne11;
+    unsigned long long tq_t0 = 0;   // MODE 6 (trace): timestamps of the block's phases
+    if constexpr (MODE == 6) {
+        tq_t0 = tq_globaltimer();
+    }
 
     // ---- staging: STAGES-deep ring per warp: iteration i lives in stage i % STAGES; STAGES-1
     // iterations are in flight while one is computed (one commit group per iteration, empty past
     // the end). The first ones are issued before anything else, Q's rotation uses the last stage.
     static_assert(STAGES >= 2 && STAGE_BYTES >= (G/nwarps)*D*int(sizeof(float)), "Q rotation scratch");
     uint8_t * stage0 = smem + warp*STAGES*STAGE_BYTES;
-    auto issue = [&](const int k0i, const int st) {
-        if (MODE != 2 && k0i < k_max) {
+    // the warp's tiles: 32 rows from position kb each; the warp's i-th tile starts at row
+    // ((i*gridDim.y + blockIdx.y)*nwarps + warp)*ROWS
+    const int kstep = gridDim.y*nwarps*ROWS;
+    int kb_next = (blockIdx.y*nwarps + warp)*ROWS;
+    auto next_kb = [&]() {
+        const int kb = kb_next;
+        kb_next += kstep;
+        return kb;
+    };
+    const bool mask_al = maskh && ((uintptr_t) maskh & 15) == 0;
+    auto fast_at = [&](const int kb) { return !(side.off & TQ_OFF_STAGE) && kb + ROWS <= min(k_max, ne11 - 1); };
+    // KT: the tile's mask values staged with its rows (short staging path only): loaded before the
+    // wait they cost a global-memory latency per tile (TQ_OFF_MSTAGE turns it off)
+    auto mstaged = [&](const int kb) { return KT && !(side.off & TQ_OFF_MSTAGE) && mask_al && fast_at(kb); };
+    auto issue = [&](const int kb, const int st) {
+        if (MODE != 2 && kb < k_max) {
             uint8_t * sk = stage0 + st*STAGE_BYTES;
-            const int kb = k0i + warp*ROWS;
-            const bool fast = !(side.off & TQ_OFF_STAGE) && kb + ROWS <= min(k_max, ne11 - 1);
+            const bool fast = fast_at(kb);
             tq_stage_rows<ROWS, NB*BK>(sk,           Kh, nb11, kb, k_max, ne11 - 1, lane, fast);
             tq_stage_rows<ROWS, NB*BV>(sk + ROWS*SK, Vh, nb21, kb, k_max, ne11 - 1, lane, fast);
+            if (mstaged(kb) && lane < ROWS/8) {
+                tq_cp_async_16(sk + MASK_OFF + 16*lane, maskh + kb + 8*lane);
+            }
         }
         tq_cp_async_commit();
     };
-#pragma unroll
-    for (int i = 0; i < STAGES - 1; ++i) {
-        issue(kfirst + i*kstep, i);
-    }
-
     // the stream's replaced cells (sink store), loaded now, stored to shared memory below
     int cell_r[TQ_FATTN_SIDE_MAX/(nwarps*WARP_SIZE)];
+    auto load_cells = [&]() {
 #pragma unroll
-    for (int i = 0; i < TQ_FATTN_SIDE_MAX/(nwarps*WARP_SIZE); ++i) {
-        const int j = i*nwarps*WARP_SIZE + warp*WARP_SIZE + lane;
-        cell_r[i] = j < n_side ? side.cells[sequence*n_side + j] : -1;
+        for (int i = 0; i < TQ_FATTN_SIDE_MAX/(nwarps*WARP_SIZE); ++i) {
+            const int j = i*nwarps*WARP_SIZE + warp*WARP_SIZE + lane;
+            cell_r[i] = j < n_side ? side.cells[sequence*n_side + j] : -1;
+        }
+    };
+    // KT: the sink cells, the warp's first Q row to rotate and the rotation's signs are loaded
+    // before the first tiles' copies: behind them (all blocks' first tiles, ~5 MB at depth 32768)
+    // they waited ~2 µs, and the rotation with them
+    float q_pre[D/32];
+    float s_pre[D/32];
+    auto q_head = [&](const int h) {
+        return (const float *) (Q_ptr + nb03*sequence + int64_t(nb02)*(head0 + h) + int64_t(nb01)*ic0);
+    };
+    if constexpr (KT) {
+        load_cells();
+        if (side.q_rot && warp < nh) {
+            const float * Qh = q_head(warp);
+#pragma unroll
+            for (int i = 0; i < D/32; ++i) {
+                q_pre[i] = Qh[i*32 + lane];
+                s_pre[i] = side.q_rot[i*32 + lane];
+            }
+        }
+    }
+    int kq[STAGES - 1];   // the tiles in flight, oldest first
+#pragma unroll
+    for (int i = 0; i < STAGES - 1; ++i) {
+        kq[i] = next_kb();
+        issue(kq[i], i);
+    }
+    if constexpr (!KT) {
+        load_cells();
     }
 
     // Q of head g as A fragments: dims 16ks + 2u (+1) and 16ks + 2u + 8 (+9), times scale
@@ -338,13 +387,15 @@ static __global__ void flash_attn_ext_mma_turbo(
         // shared memory first, with the rotation kernel's arithmetic
 #pragma unroll 1
         for (int h = warp; h < nh; h += nwarps) {
-            const float * Qh = (const float *) (Q_ptr + nb03*sequence + int64_t(nb02)*(head0 + h) + int64_t(nb01)*ic0);
+            const float * Qh = q_head(h);
             float reg[D/32];
+            float sv[D/32];
 #pragma unroll
             for (int i = 0; i < D/32; ++i) {
-                reg[i] = Qh[i*32 + lane];
+                reg[i] = KT && h == warp ? q_pre[i] : Qh[i*32 + lane];
+                sv[i]  = KT && h == warp ? s_pre[i] : side.q_rot[i*32 + lane];
             }
-            tq_fwht_regs<D>(reg, side.q_rot, 1.0f/sqrtf((float) D), lane);
+            tq_fwht_regs_sv<D>(reg, sv, 1.0f/sqrtf((float) D), lane);
             float * qr = q_row(h);
 #pragma unroll
             for (int i = 0; i < D/32; ++i) {
@@ -529,6 +580,8 @@ static __global__ void flash_attn_ext_mma_turbo(
         }
         const float na = fmaxf(M, ma);
         const float nb = fmaxf(M2, mb);
+        // TQ_EXP_NORESCALE: O is left as it is when no running max of the warp moved (sa = sb = 1)
+        const bool moved = !(side.exp & TQ_EXP_NORESCALE) || __any_sync(0xFFFFFFFF, na != M || nb != M2);
         const float sa = expf(M - na);
         const float sb = expf(M2 - nb);
         M  = na;
@@ -544,9 +597,11 @@ static __global__ void flash_attn_ext_mma_turbo(
         }
         L  = L *sa + la;
         L2 = L2*sb + lb;
+        if (moved) {
 #pragma unroll
-        for (int mt2 = 0; mt2 < D/16; ++mt2) {
-            O[mt2][0] *= sa; O[mt2][1] *= sb; O[mt2][2] *= sa; O[mt2][3] *= sb;
+            for (int mt2 = 0; mt2 < D/16; ++mt2) {
+                O[mt2][0] *= sa; O[mt2][1] *= sb; O[mt2][2] *= sa; O[mt2][3] *= sb;
+            }
         }
     };
 
@@ -616,16 +671,35 @@ static __global__ void flash_attn_ext_mma_turbo(
     // KT: the warp's 32 staged rows; mk: mask values at positions kp0 + 8j + g (j = 0..3).
     // sc[4t + 2e + h]: position kp0 + 16t + 8e + g, head 2u + h. Both chunks' scores are computed
     // before any is finished (softcap, mask), so their mma chains interleave.
+    // KT && ROLL: the two 16-position chunks of K and of V as loops of two (half the tile's code:
+    // at long context the unrolled tile's ~950 instructions per warp miss the instruction cache)
     auto cache_tile_kt = [&](auto al, const uint8_t * sk, const uint8_t * sv, const int kp0, const float (&mk)[4]) {
-        float s0[4];
-        float s1[4];
-        k_chunk_kt(al, sk, kp0, 0, s0);
-        k_chunk_kt(al, sk, kp0, 1, s1);
         float sc[8];
+        if constexpr (ROLL) {
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            sc[i]     = s0[i];
-            sc[i + 4] = s1[i];
+            for (int i = 0; i < 8; ++i) {
+                sc[i] = 0.0f;
+            }
+#pragma unroll 1
+            for (int t = 0; t < 2; ++t) {
+                float st[4];
+                k_chunk_kt(al, sk, kp0, t, st);
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    sc[i]     = sc[i + 4];
+                    sc[i + 4] = st[i];
+                }
+            }
+        } else {
+            float s0[4];
+            float s1[4];
+            k_chunk_kt(al, sk, kp0, 0, s0);
+            k_chunk_kt(al, sk, kp0, 1, s1);
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                sc[i]     = s0[i];
+                sc[i + 4] = s1[i];
+            }
         }
 #pragma unroll
         for (int i = 0; i < 8; ++i) {
@@ -649,10 +723,22 @@ static __global__ void flash_attn_ext_mma_turbo(
             }
         }
         softmax_kt(sc);
-        const float p0[4] = {sc[0], sc[1], sc[2], sc[3]};
-        const float p1[4] = {sc[4], sc[5], sc[6], sc[7]};
-        v_step_kt(al, sv, kp0, 0, p0);
-        v_step_kt(al, sv, kp0, 1, p1);
+        if constexpr (ROLL) {
+#pragma unroll 1
+            for (int t = 0; t < 2; ++t) {
+                const float p[4] = {sc[0], sc[1], sc[2], sc[3]};
+                v_step_kt(al, sv, kp0, t, p);
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    sc[i] = sc[i + 4];
+                }
+            }
+        } else {
+            const float p0[4] = {sc[0], sc[1], sc[2], sc[3]};
+            const float p1[4] = {sc[4], sc[5], sc[6], sc[7]};
+            v_step_kt(al, sv, kp0, 0, p0);
+            v_step_kt(al, sv, kp0, 1, p1);
+        }
     };
 
     // ---- the warp's 32 staged rows (positions kp0..): S for 4 tiles of 8, one softmax step,
@@ -805,44 +891,74 @@ static __global__ void flash_attn_ext_mma_turbo(
         }
     }
 
+    unsigned long long tq_t1 = 0;
+    int tq_ntiles = 0;
+    if constexpr (MODE == 6) {
+        tq_t1 = tq_globaltimer();
+    }
     int st = 0;
 #pragma unroll 1
-    for (int k0 = kfirst; k0 < k_max; k0 += kstep) {
-        issue(k0 + (STAGES - 1)*kstep, (st + STAGES - 1) % STAGES);
+    while (kq[0] < k_max) {
+        const int kn = next_kb();
+        issue(kn, (st + STAGES - 1) % STAGES);
+        const int kb = kq[0];
+        const uint8_t * sk = stage0 + st*STAGE_BYTES;
         // mask values of the lane's 8 scores (KT: its 4 positions), loaded before waiting for the rows
+        // (staged with them: read after the wait)
         constexpr int NMK = KT ? 4 : 8;
         float mk[NMK];
         bool live = false;
+        const bool ms = mstaged(kb);
+        if (!ms) {
 #pragma unroll
-        for (int i = 0; i < NMK; ++i) {
-            const int kp = k0 + warp*ROWS + (KT ? 8*i + g : 8*(i/2) + 2*u + i%2);
-            mk[i] = maskh ? __half2float(maskh[min(kp, k_max - 1)]) : 0.0f;
-            live = live || (kp < k_max && mk[i] != -INFINITY);
+            for (int i = 0; i < NMK; ++i) {
+                const int kp = kb + (KT ? 8*i + g : 8*(i/2) + 2*u + i%2);
+                mk[i] = maskh ? __half2float(maskh[min(kp, k_max - 1)]) : 0.0f;
+                live = live || (kp < k_max && mk[i] != -INFINITY);
+            }
+        }
+        tq_cp_async_wait<STAGES - 1>();
+        __syncwarp();
+        if (ms) {
+            const half * msk = (const half *) (sk + MASK_OFF);
+#pragma unroll
+            for (int i = 0; i < NMK; ++i) {
+                mk[i] = __half2float(msk[KT ? 8*i + g : 0]);   // every position below k_max here
+                live = live || mk[i] != -INFINITY;
+            }
         }
         // a tile whose scores are all -inf changes nothing (exactly: P = 0 and the running max
         // stays), so it is skipped: at short context most of the cache view is masked
         live = __any_sync(0xFFFFFFFF, live) || (side.off & TQ_OFF_SKIP);
-        tq_cp_async_wait<STAGES - 1>();
-        __syncwarp();
         if (MODE != 1 && MODE != 5 && live) {
-            const uint8_t * sk = stage0 + st*STAGE_BYTES;
 #pragma unroll 1
             for (int rep = 0; rep < (MODE == 4 ? 2 : 1); ++rep) {   // probe 4: the tile twice (the second time with its code cached)
                 if constexpr (KT) {
-                    if (((nb11 | nb21) & 15) == 0) {
-                        cache_tile_kt(std::true_type{},  sk, sk + ROWS*SK, k0 + warp*ROWS, mk);
-                    } else {
-                        cache_tile_kt(std::false_type{}, sk, sk + ROWS*SK, k0 + warp*ROWS, mk);
-                    }
+                    // the launch takes this instance only for row strides that are multiples of 16
+                    // (tq_mma_kt_ok): every row's offset is the head's (a second copy of the tile
+                    // code for other strides cost instruction-cache space)
+                    cache_tile_kt(std::true_type{}, sk, sk + ROWS*SK, kb, mk);
                 } else {
-                    cache_tile(sk, sk + ROWS*SK, k0 + warp*ROWS, mk);
+                    cache_tile(sk, sk + ROWS*SK, kb, mk);
                 }
             }
         }
         __syncwarp();
+#pragma unroll
+        for (int i = 0; i < STAGES - 2; ++i) {
+            kq[i] = kq[i + 1];
+        }
+        kq[STAGES - 2] = kn;
         st = (st + 1) % STAGES;
+        if constexpr (MODE == 6) {
+            ++tq_ntiles;
+        }
     }
     tq_cp_async_wait<0>();
+    unsigned long long tq_t2 = 0;
+    if constexpr (MODE == 6) {
+        tq_t2 = tq_globaltimer();
+    }
 
 
     // attention sinks: one warp takes them into its softmax state (as upstream)
@@ -967,6 +1083,14 @@ static __global__ void flash_attn_ext_mma_turbo(
             }
         }
     }
+    if constexpr (MODE == 6) {
+        if (lane == 0) {
+            unsigned int smid;
+            asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
+            printf("TQTRACE %u %d %d %d %llu %llu %llu %llu %d\n", smid, (int) blockIdx.y, (int) blockIdx.z, warp,
+                   tq_t0, tq_t1, tq_t2, tq_globaltimer(), tq_ntiles);
+        }
+    }
 #else
     GGML_UNUSED_VARS(Q_ptr, K_ptr, V_ptr, mask_ptr, sinks_ptr, KV_max_ptr, dst_ptr, dst_meta_ptr, scale, side,
         max_bias, m0, m1, n_head_log2, logit_softcap,
@@ -983,12 +1107,12 @@ static __global__ void flash_attn_ext_mma_turbo(
 
 
 // dynamic shared memory: the warps' staging rings, reused for their outputs at the end
-template <int D, ggml_type type_K, ggml_type type_V, int STAGES>
+template <int D, ggml_type type_K, ggml_type type_V, int STAGES, bool KT>
 static constexpr size_t tq_mma_smem_bytes() {
     constexpr int NB = D/64;
     constexpr int SK = tq_stride(NB*tq_mma_blk<type_K>::bytes);
     constexpr int SV = tq_stride(NB*tq_mma_blk<type_V>::bytes);
-    constexpr size_t stage = size_t(4*STAGES*32*(SK + SV));
+    constexpr size_t stage = size_t(4*STAGES*(32*(SK + SV) + (KT ? 32*sizeof(half) : 0)));   // as STAGE_BYTES
     constexpr size_t comb  = size_t(4*8*D*sizeof(float));
     return stage > comb ? stage : comb;
 }
@@ -996,7 +1120,7 @@ static constexpr size_t tq_mma_smem_bytes() {
 template <int D, ggml_type type_K, ggml_type type_V, int STAGES, int MINB, int MODE, bool ROLL = false, bool KT = false>
 static void ggml_cuda_flash_attn_ext_mma_turbo_launch(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
     constexpr int nwarps = 4;
-    constexpr size_t nbytes = tq_mma_smem_bytes<D, type_K, type_V, STAGES>();
+    constexpr size_t nbytes = tq_mma_smem_bytes<D, type_K, type_V, STAGES, KT>();
     GGML_ASSERT((!dst->src[5] || dst->src[5]->ne[1] <= TQ_FATTN_SIDE_MAX) && "sink store larger than the decode kernel takes");
     tq_fattn_kernel_t kernel = flash_attn_ext_mma_turbo<D, type_K, type_V, STAGES, MINB, MODE, ROLL, KT>;
     CUDA_SET_SHARED_MEMORY_LIMIT((const void *) kernel, nbytes);
@@ -1021,7 +1145,17 @@ static int tq_mma_probe() {
     static const int v = [] {
         const char * e = getenv("TQ_FA_TURBO_PROBE");
         return !e ? 0 : strcmp(e, "loads") == 0 ? 1 : strcmp(e, "compute") == 0 ? 2 : strcmp(e, "none") == 0 ? 3 :
-                        strcmp(e, "twice") == 0 ? 4 : strcmp(e, "notile") == 0 ? 5 : 0;
+                        strcmp(e, "twice") == 0 ? 4 : strcmp(e, "notile") == 0 ? 5 : strcmp(e, "trace") == 0 ? 6 : 0;
+    }();
+    return v;
+}
+
+// TQ_FA_TURBO_KTROLL=1 (measurements only, head 128, turbo3/turbo3 and turbo2/turbo2): the
+// long-context instance with its two 16-position chunks rolled (KT && ROLL)
+static bool tq_mma_ktroll() {
+    static const bool v = [] {
+        const char * e = getenv("TQ_FA_TURBO_KTROLL");
+        return e && e[0] == '1';
     }();
     return v;
 }
@@ -1064,7 +1198,24 @@ static void ggml_cuda_flash_attn_ext_mma_turbo(ggml_backend_cuda_context & ctx, 
         ggml_cuda_flash_attn_ext_mma_turbo_launch<D, type_K, type_V, 2, 2, 0, true>(ctx, dst);
         return;
     }
-    if (!(tq_fattn_off() & TQ_OFF_KT)) {
+    if (!(tq_fattn_off() & TQ_OFF_KT) && dst->src[1]->nb[1] % 16 == 0 && dst->src[2]->nb[1] % 16 == 0) {
+        if constexpr (D == 128 && type_K == GGML_TYPE_TURBO3 && type_V == GGML_TYPE_TURBO3) {
+            if (tq_mma_probe() == 6) {
+                // trace: every 32nd long-context launch (layer 5 of a 32-layer model) prints its
+                // blocks' timestamps (TQTRACE lines); the kernel otherwise as built
+                static int n_calls = 0;
+                if (n_calls++ % 32 == 5) {
+                    ggml_cuda_flash_attn_ext_mma_turbo_launch<D, type_K, type_V, 2, 2, 6, false, true>(ctx, dst);
+                    return;
+                }
+            }
+        }
+        if constexpr (D == 128 && type_K == type_V) {
+            if (tq_mma_ktroll()) {
+                ggml_cuda_flash_attn_ext_mma_turbo_launch<D, type_K, type_V, 2, 2, 0, true, true>(ctx, dst);
+                return;
+            }
+        }
         ggml_cuda_flash_attn_ext_mma_turbo_launch<D, type_K, type_V, 2, 2, 0, false, true>(ctx, dst);
         return;
     }

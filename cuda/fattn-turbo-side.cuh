@@ -35,6 +35,7 @@ struct tq_fattn_side {
     const float * o_rot = nullptr;
     int32_t o_n = 0;
     int32_t off = 0;                 // TQ_FA_TURBO_OFF bits (measurements only): tq_fattn_off()
+    int32_t exp = 0;                 // TQ_FA_TURBO_EXP bits (experiments, measurements only): tq_fattn_exp()
 };
 
 // TQ_FA_TURBO_OFF=bits turns parts of the turbo FlashAttention paths off, for same-build comparisons
@@ -42,15 +43,28 @@ struct tq_fattn_side {
 // kernel); 4 the warp converter to f16 (turbo.cuh, TQ_OFF_CONV_WARP); 8 prefill's K/V conversion and
 // sink scatter done by turbo-fuse.cu (upstream's launch_fattn converts and scatters instead); 16 the
 // tensor-core decode kernel's short staging path (whole 16-byte chunks of rows known in range, no
-// per-row clamps); 32 its transposed score layout (S^T = K.Q^T, the long-context instance)
+// per-row clamps); 32 its transposed score layout (S^T = K.Q^T, the long-context instance); 64 the
+// mask values staged with the rows (long-context instance; off: loaded from global memory per tile)
 #define TQ_OFF_SKIP 1
 #define TQ_OFF_ROLL 2
 #define TQ_OFF_PREFILL 8
 #define TQ_OFF_STAGE 16
 #define TQ_OFF_KT 32
+#define TQ_OFF_MSTAGE 64
 static int tq_fattn_off() {
     static const int v = [] {
         const char * e = getenv("TQ_FA_TURBO_OFF");
+        return e ? atoi(e) : 0;
+    }();
+    return v;
+}
+
+// TQ_FA_TURBO_EXP=bits turns experimental parts of the long-context decode kernel on (measurements
+// only): 1 no rescale of the output accumulators when no running max of the warp moved
+#define TQ_EXP_NORESCALE 1
+static int tq_fattn_exp() {
+    static const int v = [] {
+        const char * e = getenv("TQ_FA_TURBO_EXP");
         return e ? atoi(e) : 0;
     }();
     return v;
@@ -62,6 +76,7 @@ static tq_fattn_side tq_fattn_side_get(const ggml_tensor * dst) {
     memcpy(&side.o_rot, &dst->op_params[TQ_FA_OP_O_ROT], sizeof(side.o_rot));
     side.o_n = dst->op_params[TQ_FA_OP_O_N];
     side.off = tq_fattn_off();
+    side.exp = tq_fattn_exp();
     const ggml_tensor * k = dst->src[5];
     const ggml_tensor * v = dst->src[6];
     const ggml_tensor * c = dst->src[7];

@@ -36,15 +36,16 @@ static __device__ void cpy_blck_f32_turbo2(const char * cxi, char * cdsti) {
 // (N <= D; llama rotates K by head-size chunks and V by 64-value chunks); lane holds values
 // i*32 + lane; signs: R's first row (D up to a global sign). The arithmetic of fwht.cu's kernel, so
 // the fused paths (turbo-fuse.cu) give the same floats as the rotation node.
+// (sv: the signs' values at i*32 + lane, mod N, loaded by the caller: tq_fwht_regs loads them)
 template <int D, int N = D>
-static __device__ __forceinline__ void tq_fwht_regs(float (&reg)[D/32], const float * __restrict__ signs, const float scale, const int lane) {
+static __device__ __forceinline__ void tq_fwht_regs_sv(float (&reg)[D/32], const float (&sv)[D/32], const float scale, const int lane) {
     static_assert(N >= 64 && D % N == 0, "rotation size");
     constexpr int el = D/32;
     float sgn[el];
 #pragma unroll
     for (int i = 0; i < el; ++i) {
         reg[i] *= scale;
-        sgn[i] = signs[(i*32 + lane) % N] < 0.0f ? -1.0f : 1.0f;
+        sgn[i] = sv[i] < 0.0f ? -1.0f : 1.0f;
         reg[i] *= sgn[i];
     }
 #pragma unroll
@@ -74,6 +75,16 @@ static __device__ __forceinline__ void tq_fwht_regs(float (&reg)[D/32], const fl
     for (int i = 0; i < el; ++i) {
         reg[i] *= sgn[i];
     }
+}
+
+template <int D, int N = D>
+static __device__ __forceinline__ void tq_fwht_regs(float (&reg)[D/32], const float * __restrict__ signs, const float scale, const int lane) {
+    float sv[D/32];
+#pragma unroll
+    for (int i = 0; i < D/32; ++i) {
+        sv[i] = signs[(i*32 + lane) % N];
+    }
+    tq_fwht_regs_sv<D, N>(reg, sv, scale, lane);
 }
 
 // The cache write by a warp: NB consecutive 64-value blocks, block b's value lane in x[2b] and

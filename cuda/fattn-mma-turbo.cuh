@@ -460,6 +460,7 @@ static __global__ void flash_attn_ext_mma_turbo(
     auto k_off_kt = [&](auto al, const int k) { if constexpr (decltype(al)::value) { return int(kh_lo & 15); } else { return k_off(k); } };
     auto v_off_kt = [&](auto al, const int k) { if constexpr (decltype(al)::value) { return int(vh_lo & 15); } else { return v_off(k); } };
 
+    static_assert(!(KT && ROLL), "KT: unrolled instance only");
     float M = -FLT_MAX/2.0f;   // running max of head g (same in the 4 lanes of g); KT: of head 2u
     float L = 0.0f;            // this lane's part of the running sum of head g; KT: of head 2u
     float M2 = -FLT_MAX/2.0f;  // KT: head 2u + 1
@@ -580,8 +581,6 @@ static __global__ void flash_attn_ext_mma_turbo(
         }
         const float na = fmaxf(M, ma);
         const float nb = fmaxf(M2, mb);
-        // TQ_EXP_NORESCALE: O is left as it is when no running max of the warp moved (sa = sb = 1)
-        const bool moved = !(side.exp & TQ_EXP_NORESCALE) || __any_sync(0xFFFFFFFF, na != M || nb != M2);
         const float sa = expf(M - na);
         const float sb = expf(M2 - nb);
         M  = na;
@@ -597,11 +596,9 @@ static __global__ void flash_attn_ext_mma_turbo(
         }
         L  = L *sa + la;
         L2 = L2*sb + lb;
-        if (moved) {
 #pragma unroll
-            for (int mt2 = 0; mt2 < D/16; ++mt2) {
-                O[mt2][0] *= sa; O[mt2][1] *= sb; O[mt2][2] *= sa; O[mt2][3] *= sb;
-            }
+        for (int mt2 = 0; mt2 < D/16; ++mt2) {
+            O[mt2][0] *= sa; O[mt2][1] *= sb; O[mt2][2] *= sa; O[mt2][3] *= sb;
         }
     };
 
@@ -671,35 +668,16 @@ static __global__ void flash_attn_ext_mma_turbo(
     // KT: the warp's 32 staged rows; mk: mask values at positions kp0 + 8j + g (j = 0..3).
     // sc[4t + 2e + h]: position kp0 + 16t + 8e + g, head 2u + h. Both chunks' scores are computed
     // before any is finished (softcap, mask), so their mma chains interleave.
-    // KT && ROLL: the two 16-position chunks of K and of V as loops of two (half the tile's code:
-    // at long context the unrolled tile's ~950 instructions per warp miss the instruction cache)
     auto cache_tile_kt = [&](auto al, const uint8_t * sk, const uint8_t * sv, const int kp0, const float (&mk)[4]) {
+        float s0[4];
+        float s1[4];
+        k_chunk_kt(al, sk, kp0, 0, s0);
+        k_chunk_kt(al, sk, kp0, 1, s1);
         float sc[8];
-        if constexpr (ROLL) {
 #pragma unroll
-            for (int i = 0; i < 8; ++i) {
-                sc[i] = 0.0f;
-            }
-#pragma unroll 1
-            for (int t = 0; t < 2; ++t) {
-                float st[4];
-                k_chunk_kt(al, sk, kp0, t, st);
-#pragma unroll
-                for (int i = 0; i < 4; ++i) {
-                    sc[i]     = sc[i + 4];
-                    sc[i + 4] = st[i];
-                }
-            }
-        } else {
-            float s0[4];
-            float s1[4];
-            k_chunk_kt(al, sk, kp0, 0, s0);
-            k_chunk_kt(al, sk, kp0, 1, s1);
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                sc[i]     = s0[i];
-                sc[i + 4] = s1[i];
-            }
+        for (int i = 0; i < 4; ++i) {
+            sc[i]     = s0[i];
+            sc[i + 4] = s1[i];
         }
 #pragma unroll
         for (int i = 0; i < 8; ++i) {
@@ -723,22 +701,10 @@ static __global__ void flash_attn_ext_mma_turbo(
             }
         }
         softmax_kt(sc);
-        if constexpr (ROLL) {
-#pragma unroll 1
-            for (int t = 0; t < 2; ++t) {
-                const float p[4] = {sc[0], sc[1], sc[2], sc[3]};
-                v_step_kt(al, sv, kp0, t, p);
-#pragma unroll
-                for (int i = 0; i < 4; ++i) {
-                    sc[i] = sc[i + 4];
-                }
-            }
-        } else {
-            const float p0[4] = {sc[0], sc[1], sc[2], sc[3]};
-            const float p1[4] = {sc[4], sc[5], sc[6], sc[7]};
-            v_step_kt(al, sv, kp0, 0, p0);
-            v_step_kt(al, sv, kp0, 1, p1);
-        }
+        const float p0[4] = {sc[0], sc[1], sc[2], sc[3]};
+        const float p1[4] = {sc[4], sc[5], sc[6], sc[7]};
+        v_step_kt(al, sv, kp0, 0, p0);
+        v_step_kt(al, sv, kp0, 1, p1);
     };
 
     // ---- the warp's 32 staged rows (positions kp0..): S for 4 tiles of 8, one softmax step,
@@ -1150,15 +1116,6 @@ static int tq_mma_probe() {
     return v;
 }
 
-// TQ_FA_TURBO_KTROLL=1 (measurements only, head 128, turbo3/turbo3 and turbo2/turbo2): the
-// long-context instance with its two 16-position chunks rolled (KT && ROLL)
-static bool tq_mma_ktroll() {
-    static const bool v = [] {
-        const char * e = getenv("TQ_FA_TURBO_KTROLL");
-        return e && e[0] == '1';
-    }();
-    return v;
-}
 
 // TQ_FA_TURBO_MMA=0 keeps turbo x turbo decode on the vector kernel (for comparisons).
 static bool tq_fattn_mma_enabled() {
@@ -1208,12 +1165,6 @@ static void ggml_cuda_flash_attn_ext_mma_turbo(ggml_backend_cuda_context & ctx, 
                     ggml_cuda_flash_attn_ext_mma_turbo_launch<D, type_K, type_V, 2, 2, 6, false, true>(ctx, dst);
                     return;
                 }
-            }
-        }
-        if constexpr (D == 128 && type_K == type_V) {
-            if (tq_mma_ktroll()) {
-                ggml_cuda_flash_attn_ext_mma_turbo_launch<D, type_K, type_V, 2, 2, 0, true, true>(ctx, dst);
-                return;
             }
         }
         ggml_cuda_flash_attn_ext_mma_turbo_launch<D, type_K, type_V, 2, 2, 0, false, true>(ctx, dst);

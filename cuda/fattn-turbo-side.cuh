@@ -35,7 +35,6 @@ struct tq_fattn_side {
     const float * o_rot = nullptr;
     int32_t o_n = 0;
     int32_t off = 0;                 // TQ_FA_TURBO_OFF bits (measurements only): tq_fattn_off()
-    int32_t exp = 0;                 // TQ_FA_TURBO_EXP bits (experiments, measurements only): tq_fattn_exp()
 };
 
 // TQ_FA_TURBO_OFF=bits turns parts of the turbo FlashAttention paths off, for same-build comparisons
@@ -59,24 +58,12 @@ static int tq_fattn_off() {
     return v;
 }
 
-// TQ_FA_TURBO_EXP=bits turns experimental parts of the long-context decode kernel on (measurements
-// only): 1 no rescale of the output accumulators when no running max of the warp moved
-#define TQ_EXP_NORESCALE 1
-static int tq_fattn_exp() {
-    static const int v = [] {
-        const char * e = getenv("TQ_FA_TURBO_EXP");
-        return e ? atoi(e) : 0;
-    }();
-    return v;
-}
-
 static tq_fattn_side tq_fattn_side_get(const ggml_tensor * dst) {
     tq_fattn_side side;
     memcpy(&side.q_rot, &dst->op_params[TQ_FA_OP_Q_ROT], sizeof(side.q_rot));
     memcpy(&side.o_rot, &dst->op_params[TQ_FA_OP_O_ROT], sizeof(side.o_rot));
     side.o_n = dst->op_params[TQ_FA_OP_O_N];
     side.off = tq_fattn_off();
-    side.exp = tq_fattn_exp();
     const ggml_tensor * k = dst->src[5];
     const ggml_tensor * v = dst->src[6];
     const ggml_tensor * c = dst->src[7];

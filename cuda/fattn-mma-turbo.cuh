@@ -13,8 +13,11 @@
 // against the vector kernel's 1.30 ms (decode +6.6 %); the loads alone (0.55 ms) and the math
 // alone (0.63 ms) each take most of that: they overlap poorly. 2026-11-25 (2): the long-context
 // instance (KT below, short staging path) executes 4.2 instructions per cached value instead of
-// 7.4 (ncu, depth 32768: 34 µs per layer instead of 42); it then stalls mostly on the staged
-// loads (long scoreboard) and its SMs idle a third of the launch.
+// 7.4 (ncu, depth 32768: 34 µs per layer instead of 42). 2026-11-26: a timestamp trace of the real
+// run (TQ_FA_TURBO_PROBE=trace) showed no idle SMs (ncu's "SM active" third was not seen outside ncu);
+// source-level stall sampling showed the tile waiting for its instructions (29 % of the tile's
+// samples): the long-context instance now holds one copy of the tile code, stages the mask with the
+// rows and loads Q, the signs and the sink cells before the first tiles: 23 µs per launch.
 //
 // Layout (one block: one Q column, one K/V head, up to 8 of its Q heads; 4 warps, each owning
 // 32 positions per iteration: S for 4 tiles of 8 positions, one softmax step, Oᵀ in 2 steps of 16):

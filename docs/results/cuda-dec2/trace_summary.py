@@ -1,3 +1,5 @@
+"""Summaries of TQTRACE lines (TQ_FA_TURBO_PROBE=trace): per launch of 1056 warps (264 blocks x 4), the
+span, and medians and extremes of each warp's start, prologue, tile loop, epilogue and end (us); per-head loop medians."""
 import sys, collections, statistics as st
 for f in sys.argv[1:]:
     rows=[l.split() for l in open(f) if l.startswith("TQTRACE")]

@@ -15,7 +15,7 @@
 // instance (KT below, short staging path) executes 4.2 instructions per cached value instead of
 // 7.4 (ncu, depth 32768: 34 µs per layer instead of 42). 2026-11-26: a timestamp trace of the real
 // run (TQ_FA_TURBO_PROBE=trace) showed no idle SMs (ncu's "SM active" third was not seen outside ncu);
-// source-level stall sampling showed the tile waiting for its instructions (29 % of the tile's
+// source-level stall sampling showed the tile waiting for its instructions (25 % of the tile's
 // samples): the long-context instance now holds one copy of the tile code, stages the mask with the
 // rows and loads Q, the signs and the sink cells before the first tiles: 23 µs per launch.
 //

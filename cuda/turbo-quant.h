@@ -80,9 +80,19 @@ TQ_QFN uint32_t tq_level(const double y, const double (&cbd)[levels], const doub
     return q;
 }
 
-// the block scale's fp16 bits from the block norm n and the chosen levels' sum of squares rr
-TQ_QFN uint16_t tq_scale_bits(const double n, const double rr) {
-    float s = (float) TQ_DDIV(n, TQ_DSQRT(rr));
+// the block scale's fp16 bits from the block's sum of squares ss, its norm n, the chosen levels'
+// sum of squares rr and their products with the values xc (all sums in index order):
+// d = ss / xc (<decoded, x> = |x|^2), capped at 1.25 n / sqrt(rr) (the norm rule, which an
+// infinite ss keeps); tq_gguf/turbo.py says why
+TQ_QFN uint16_t tq_scale_bits(const double ss, const double n, const double rr, const double xc) {
+    const double sn = TQ_DDIV(n, TQ_DSQRT(rr));
+    double sd = sn;
+    if (ss <= 1.7976931348623157e308) {   // finite (DBL_MAX)
+        const double sp  = TQ_DDIV(ss, xc);
+        const double cap = TQ_DMUL(1.25, sn);
+        sd = sp < cap ? sp : cap;
+    }
+    float s = (float) sd;
     if (s > 65504.0f) {
         s = 65504.0f;
     }
@@ -123,6 +133,7 @@ TQ_QFN void tq_quantize_block(const float * __restrict__ x, const float * __rest
         const double n   = TQ_DSQRT(ss);
         const double inv = TQ_DDIV(8.0, n);   // sqrt(QK): unit-variance coordinates
         double rr = 0.0;
+        double xc = 0.0;
 #pragma unroll
         for (int j = 0; j < TQ_QK; ++j) {
             double c;
@@ -132,8 +143,9 @@ TQ_QFN void tq_quantize_block(const float * __restrict__ x, const float * __rest
                 qh32[(j % 8)/4] |= (q >> 2) << (8*(j % 4) + j / 8);
             }
             rr = TQ_DADD(rr, TQ_DMUL(c, c));
+            xc = TQ_DADD(xc, TQ_DMUL((double) xv[j], c));
         }
-        d = tq_scale_bits(n, rr);
+        d = tq_scale_bits(ss, n, rr, xc);
     }
     uint16_t * y16 = (uint16_t *) y;
     y16[0] = d;

@@ -134,6 +134,7 @@ static __device__ __forceinline__ void tq_quantize_blocks_warp(const float (&x)[
     tq_codebook_mids<levels>(cb, cbd, mid);
     uint32_t q[2*NB];
     double   c2[2*NB];
+    double   xc2[2*NB];
     double   n[NB];
 #pragma unroll
     for (int b = 0; b < NB; ++b) {
@@ -144,14 +145,17 @@ static __device__ __forceinline__ void tq_quantize_blocks_warp(const float (&x)[
             double c;
             const uint32_t qq = tq_level<levels>(__dmul_rn((double) x[2*b + h], inv), cbd, mid, c);
             q[2*b + h]  = ss[b] > 0.0 ? qq : levels/2;   // zero or NaN block: middle index, d = 0
-            c2[2*b + h] = __dmul_rn(c, c);
+            c2[2*b + h]  = __dmul_rn(c, c);
+            xc2[2*b + h] = __dmul_rn((double) x[2*b + h], c);
         }
     }
     double rr[NB];
     seq_sums(c2, rr);
+    double xc[NB];
+    seq_sums(xc2, xc);
 #pragma unroll
     for (int b = 0; b < NB; ++b) {
-        const uint16_t d = ss[b] > 0.0 ? tq_scale_bits(n[b], rr[b]) : 0;   // fp16 +0 for a zero block
+        const uint16_t d = ss[b] > 0.0 ? tq_scale_bits(ss[b], n[b], rr[b], xc[b]) : 0;   // fp16 +0 for a zero block
         const uint32_t q0 = q[2*b];
         const uint32_t q1 = q[2*b + 1];
         // qs byte m (m < 16): values m, m+16, m+32, m+48 at bits 0, 2, 4, 6; lane m holds m and m+32

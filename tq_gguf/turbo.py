@@ -18,8 +18,18 @@ Block layouts (little-endian, packed, QK = 64 values per block):
               qh[j % 8]  |= (idx >> 2) << (j // 8)          (turbo3 only)
 
 Decoding is y[j] = f32(d) * c[idx[j]] in float32, c the pinned codebook.
-The scale d is chosen so that the decoded block has the input block's L2
-norm (up to fp16 rounding of d).
+The scale d makes the decoded block unbiased along the input: <y, x> = |x|^2
+(up to fp16 rounding of d), i.e. d = |x|^2 / <c[idx], x>. Quantization error
+shrinks a block's projection on itself (|y_ls| = sqrt(1 - D)|x| for the
+least-squares scale); keys and values whose reconstruction keeps their own
+component whole give attention logits and outputs without that shrinkage
+(measured: docs/calibration.md, "The block scale"). A block whose coordinates
+all have the same magnitude is stored exactly, as with the norm rule
+d = |x| / |c[idx]| it replaces. d is capped at SCALE_CAP times the norm rule,
+which only binds for blocks far from Gaussian (one spike among zeros would
+otherwise decode 2.6x longer at turbo2; Gaussian blocks stay under 1.19x).
+Blocks with an infinite sum of squares keep the norm rule (clamped to the
+fp16 maximum).
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ import numpy as np
 from .codebook import QK, codebook, thresholds
 
 FP16_MAX = 65504.0
+SCALE_CAP = 1.25   # d <= SCALE_CAP * |x| / |c[idx]|
 
 BLOCK_TURBO3 = np.dtype([("d", "<u2"), ("qs", "u1", (QK // 4,)), ("qh", "u1", (QK // 8,))])
 BLOCK_TURBO2 = np.dtype([("d", "<u2"), ("qs", "u1", (QK // 4,))])
@@ -104,7 +115,11 @@ def quantize_blocks(x: np.ndarray, type_name: str) -> tuple[np.ndarray, np.ndarr
 
         cv = c[idx]
         rr = np.cumsum(cv * cv, axis=-1)[..., -1]  # > 0 always: no zero centroid
-        s = n / np.sqrt(rr)
+        xc = np.cumsum(x64 * cv, axis=-1)[..., -1]  # > 0 for a finite nonzero block: sign(c[idx]) = sign(x)
+        sn = n / np.sqrt(rr)                        # the norm rule
+        sp = ss / np.where(xc > 0, xc, 1.0)
+        cap = SCALE_CAP * sn
+        s = np.where(ss < np.inf, np.where(sp < cap, sp, cap), sn)
         sf = s.astype(np.float32)
         sf = np.where(sf > FP16_MAX, np.float32(FP16_MAX), sf)  # also catches +inf
         sf = np.where(ok, sf, np.float32(0.0))

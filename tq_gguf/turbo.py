@@ -23,7 +23,7 @@ The scale d makes the decoded block unbiased along the input: <y, x> = |x|^2
 shrinks a block's projection on itself (|y_ls| = sqrt(1 - D)|x| for the
 least-squares scale); keys and values whose reconstruction keeps their own
 component whole give attention logits and outputs without that shrinkage
-(measured: docs/calibration.md, "The block scale"). A block whose coordinates
+(measured: docs/results/calib/scale/README.md). A block whose coordinates
 all have the same magnitude is stored exactly, as with the norm rule
 d = |x| / |c[idx]| it replaces. d is capped at SCALE_CAP times the norm rule,
 which only binds for blocks far from Gaussian (one spike among zeros would

@@ -98,6 +98,67 @@ def test_converted_f16_logits_match_transformers(arch, hf_models, f16_models):
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
+def test_pos_offset_exact_per_architecture(arch, hf_models, built, tmp_path):
+    """The positional key offset (patch 0011) in each RoPE layout the runtime accepts: norm pairs
+    (llama), neox pairs with a key bias (qwen2), neox with sliding-window layers on their own RoPE
+    base (gemma3, head 256, one KV head). A random calibration with an offset on every layer, f32
+    cache, softmax path: the logits equal the plain run's, in one batch and decoding one token at
+    a time; with a lossy cache the offset changes the logits (it is applied)."""
+    import gguf
+    from tq_gguf import rotation, runtime
+    from tq_gguf.calib.calibrate import model_info
+    from tq_gguf.calib.schema import Calibration, LayerTransform, read, write_sidecar
+    path = tmp_path / f"{arch}-f32.gguf"  # f32 weights: nothing rounds activations to f16
+    r = tq("convert", hf_models[arch], "-o", path, "--outtype", "f32")
+    assert r.returncode == 0, r.stderr[-3000:]
+    info = model_info(path)
+    f = gguf.GGUFReader(str(path)).fields
+    h = int(f[f"{GGUF_ARCH[arch]}.attention.head_count_kv"].contents())
+    d = info["d_k"]
+    rng = np.random.default_rng(6)
+
+    def mats():
+        return np.array([rotation.rotation_matrix(d) @ np.diag(np.exp(0.3 * rng.standard_normal(d)))
+                         @ np.linalg.qr(rng.standard_normal((d, d)))[0] for _ in range(h)])
+
+    layers = [LayerTransform.build(mats(), rng.standard_normal((h, d)), mats(), rng.standard_normal((h, d)),
+                                   k_pos=3.0 * rng.standard_normal((h, d))) for _ in range(info["n_layer"])]
+    side = write_sidecar(tmp_path / "cal.gguf", Calibration(GGUF_ARCH[arch], info["n_layer"], layers))
+    toks = _tokens(path, 96)
+
+    def run(side, force, type_kv="f32", fa=False, steps=False):
+        with runtime.environ({"LLAMA_TURBO_CALIB": str(side), "LLAMA_TURBO_CALIB_FORCE": "1" if force else "0"}):
+            m = runtime.Model(path)
+            s = runtime.Session(m, n_ctx=256, type_k=type_kv, type_v=type_kv, flash_attn=fa)
+        try:
+            if not steps:
+                return np.array(s.decode(toks, 0, all_logits=True), dtype=np.float64)
+            s.decode(toks[:48], 0)
+            return np.array([s.decode([t], 48 + i) for i, t in enumerate(toks[48:])], dtype=np.float64)
+        finally:
+            s.close()
+            m.close()
+
+    plain = run(side, force=False)
+    cal = read(side)
+    for lt in cal.layers:
+        lt.k_pos = None
+    nopos = write_sidecar(tmp_path / "nopos.gguf", cal)
+    # the same transforms without the offset set the float noise (gemma3's tiny model amplifies
+    # rounding: 2e-4); a wrong correction moves the logits by far more than that
+    base = np.abs(run(nopos, force=True) - plain).max() / np.abs(plain).max()
+    assert base < 1e-3, base
+    for steps in (False, True):
+        got = run(side, force=True, steps=steps)
+        ref = plain[48:] if steps else plain
+        err = np.abs(got - ref).max() / np.abs(ref).max()
+        assert err < max(1e-4, 2 * base), f"{arch} steps={steps}: max |dlogit| / max |logit| = {err:.2e} ({base:.2e} without the offset)"
+    with_pos = run(side, force=True, type_kv="turbo3", fa=True)
+    without = run(nopos, force=True, type_kv="turbo3", fa=True)
+    assert np.abs(with_pos - without).max() > 1e-3 * np.abs(plain).max()
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
 def test_convert_calibrate_then_perplexity_turbo3(arch, hf_models, calib_text, built, tmp_path):
     from tq_gguf.calib.schema import read
     from tq_gguf.perplexity import perplexity

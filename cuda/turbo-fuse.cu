@@ -5,8 +5,9 @@
 // 6 % faster at depth 0 and 10 % at depth 32768 on an H100 (docs/results/cuda.md). The graph is
 // unchanged (other backends run it as built); on CUDA:
 //   store: MUL_MAT(R, x) -> views -> SET_ROWS(turbo)  => one kernel at the SET_ROWS: each warp
-//          rotates one head row in registers and quantizes its 64-value blocks (warp quantizer,
-//          bit-exact with the reference: float64 sums in index order);
+//          rotates one head row in registers and quantizes its 64-value blocks (warp quantizer of
+//          turbo-quant-warp.cuh, bit-exact with the reference: float64 sums in index order); a
+//          layer's K and V writes (with the sink store's) run in one launch;
 //   q:     MUL_MAT(R, q) -> views -> FLASH_ATTN_EXT     => the tensor-core turbo kernel rotates Q;
 //   out:   FLASH_ATTN_EXT -> views -> MUL_MAT(R, o)     => that kernel writes R·o straight into the
 //          MUL_MAT's output.
@@ -270,27 +271,43 @@ struct tq_side_store {
     int64_t      skip  = -1;   // the scratch row: not written
 };
 
+// one rotated, quantized cache write (and its sink store's write): rows of N values (a head, or a
+// 64-value chunk of one), n_head of them per token
+struct tq_store_job {
+    const float * x     = nullptr;
+    const float * signs = nullptr;   // R's first row
+    float         scale = 1.0f;
+    const void  * idx   = nullptr;
+    int           idx64 = 0;
+    int           N     = 0;
+    int           levels = 0;
+    int           n_head = 0;
+    char        * dst   = nullptr;
+    int64_t       nb1   = 0;
+    int64_t       n_rows = 0;
+    tq_side_store side;
+};
+
+// a launch does one or two jobs (a layer's K and V writes: blockIdx.y); a warp per row
+struct tq_store_jobs {
+    tq_store_job j[2];
+};
+
+#define TQ_STORE_WARPS 4
+
 template <int N, int levels>
-__launch_bounds__(128, 1)
-static __global__ void tq_rot_set_rows(const float * __restrict__ x, const float * __restrict__ signs, const float scale,
-        const void * __restrict__ idx, const int idx64, char * __restrict__ dst, const int64_t nb1,
-        const int n_head, const int64_t n_rows, const tq_side_store side) {
+static __device__ __forceinline__ void tq_store_row(const tq_store_job & jb, const int64_t r, double * sm, const int lane) {
     constexpr int BLK = levels == 8 ? 26 : 18;
-    const int64_t r = (int64_t) blockIdx.x*blockDim.y + threadIdx.y;
-    const int lane = threadIdx.x;
-    ggml_cuda_pdl_sync();
-    if (r >= n_rows) {
-        return;
-    }
     float reg[N/32];
 #pragma unroll
     for (int i = 0; i < N/32; ++i) {
-        reg[i] = x[r*N + i*32 + lane];
+        reg[i] = jb.x[r*N + i*32 + lane];
     }
-    tq_fwht_regs<N>(reg, signs, scale, lane);
-    const int64_t t = r / n_head;
-    const int     h = (int) (r % n_head);
-    const int64_t row = idx64 ? ((const int64_t *) idx)[t] : (int64_t) ((const int32_t *) idx)[t];
+    tq_fwht_regs<N>(reg, jb.signs, jb.scale, lane);
+    const int64_t t = r / jb.n_head;
+    const int     h = (int) (r % jb.n_head);
+    const int64_t row = jb.idx64 ? ((const int64_t *) jb.idx)[t] : (int64_t) ((const int32_t *) jb.idx)[t];
+    const tq_side_store & side = jb.side;
     if (side.dst) {
         const int64_t srow = side.idx64 ? ((const int64_t *) side.idx)[t] : (int64_t) ((const int32_t *) side.idx)[t];
         if (srow != side.skip) {
@@ -301,28 +318,95 @@ static __global__ void tq_rot_set_rows(const float * __restrict__ x, const float
             }
         }
     }
-    char * out = dst + row*nb1 + int64_t(h)*(N/64)*BLK;
-    tq_quantize_blocks_warp<levels, N/64>(reg, levels == 8 ? kvalues_turbo3 : kvalues_turbo2, (uint16_t *) out, lane);
+    char * out = jb.dst + row*jb.nb1 + int64_t(h)*(N/64)*BLK;
+    tq_quantize_blocks_warp<levels, N/64>(reg, levels == 8 ? kvalues_turbo3 : kvalues_turbo2, (uint16_t *) out, sm, lane);
 }
 
-template <int N>
-static void tq_rot_set_rows_launch(const ggml_tensor * rot, const ggml_tensor * sr, const tq_side_store & side, cudaStream_t stream) {
-    const ggml_tensor * x   = rot->src[1];
-    const ggml_tensor * idx = sr->src[1];
-    const int64_t n_rows = ggml_nrows(rot);
-    const int     n_head = (int) (sr->src[0]->ne[0] / N);
-    const dim3 block(32, 4, 1);
-    const dim3 grid((unsigned) ((n_rows + 3)/4), 1, 1);
-    const float scale = 1.0f/sqrtf((float) N);
-    const int idx64 = idx->type == GGML_TYPE_I64;
-    if (sr->type == GGML_TYPE_TURBO3) {
-        tq_rot_set_rows<N, 8><<<grid, block, 0, stream>>>((const float *) x->data, (const float *) rot->src[0]->data, scale,
-            idx->data, idx64, (char *) sr->data, (int64_t) sr->nb[1], n_head, n_rows, side);
+// job 0: rows of NA values into a cache of LA levels; job 1 (NB > 0): NB, LB
+template <int NA, int LA, int NB, int LB>
+__launch_bounds__(32*TQ_STORE_WARPS, 1)
+static __global__ void tq_rot_set_rows(const tq_store_jobs jobs) {
+    constexpr int NMAX = NA > NB ? NA : NB;
+    __shared__ __align__(16) double scratch[TQ_STORE_WARPS][TQ_WQ_SCRATCH(NMAX/64)];
+    const int64_t r = (int64_t) blockIdx.x*blockDim.y + threadIdx.y;
+    const int lane = threadIdx.x;
+    ggml_cuda_pdl_sync();
+    if (NB == 0 || blockIdx.y == 0) {
+        if (r < jobs.j[0].n_rows) {
+            tq_store_row<NA, LA>(jobs.j[0], r, scratch[threadIdx.y], lane);
+        }
     } else {
-        tq_rot_set_rows<N, 4><<<grid, block, 0, stream>>>((const float *) x->data, (const float *) rot->src[0]->data, scale,
-            idx->data, idx64, (char *) sr->data, (int64_t) sr->nb[1], n_head, n_rows, side);
+        if (r < jobs.j[1].n_rows) {
+            tq_store_row<NB == 0 ? NA : NB, LB == 0 ? LA : LB>(jobs.j[1], r, scratch[threadIdx.y], lane);
+        }
     }
+}
+
+template <int NA, int LA, int NB, int LB>
+static void tq_rot_set_rows_go(const tq_store_jobs & jobs, const int n, cudaStream_t stream) {
+    int64_t rows = jobs.j[0].n_rows;
+    if (n == 2) {
+        rows = std::max(rows, jobs.j[1].n_rows);
+    }
+    const dim3 block(32, TQ_STORE_WARPS, 1);
+    const dim3 grid((unsigned) ((rows + TQ_STORE_WARPS - 1)/TQ_STORE_WARPS), (unsigned) n, 1);
+    tq_rot_set_rows<NA, LA, NB, LB><<<grid, block, 0, stream>>>(jobs);
     CUDA_CHECK(cudaGetLastError());
+}
+
+template <int NA, int LA>
+static void tq_rot_set_rows_na(const tq_store_jobs & jobs, const int n, cudaStream_t stream) {
+    if (n == 1) {
+        tq_rot_set_rows_go<NA, LA, 0, 0>(jobs, 1, stream);
+        return;
+    }
+    const tq_store_job & b = jobs.j[1];
+    GGML_ASSERT(b.levels == LA && (b.N == 64 || b.N == NA));
+    if (b.N == 64) {
+        tq_rot_set_rows_go<NA, LA, 64, LA>(jobs, 2, stream);
+    } else {
+        tq_rot_set_rows_go<NA, LA, NA, LA>(jobs, 2, stream);
+    }
+}
+
+static tq_store_job tq_store_job_make(const ggml_tensor * rot, const ggml_tensor * sr, const tq_side_store & side) {
+    tq_store_job jb;
+    const ggml_tensor * idx = sr->src[1];
+    jb.N      = (int) rot->ne[0];
+    GGML_ASSERT(jb.N == 64 || jb.N == 128 || jb.N == 256);
+    jb.x      = (const float *) rot->src[1]->data;
+    jb.signs  = (const float *) rot->src[0]->data;
+    jb.scale  = 1.0f/sqrtf((float) jb.N);
+    jb.idx    = idx->data;
+    jb.idx64  = idx->type == GGML_TYPE_I64;
+    jb.levels = sr->type == GGML_TYPE_TURBO3 ? 8 : 4;
+    jb.n_head = (int) (sr->src[0]->ne[0] / jb.N);
+    jb.dst    = (char *) sr->data;
+    jb.nb1    = (int64_t) sr->nb[1];
+    jb.n_rows = ggml_nrows(rot);
+    jb.side   = side;
+    return jb;
+}
+
+// the jobs in one launch (two: the same levels, the second's rows of 64 values or of the first's size)
+static bool tq_store_pairable(const tq_store_job & a, const tq_store_job & b) {
+    return a.levels == b.levels && (b.N == 64 || b.N == a.N);
+}
+
+static void tq_rot_set_rows_launch(const tq_store_job * jb, const int n, cudaStream_t stream) {
+    tq_store_jobs jobs;
+    for (int i = 0; i < n; ++i) {
+        jobs.j[i] = jb[i];
+    }
+    switch (jb[0].N*16 + jb[0].levels) {
+        case  64*16 + 8: tq_rot_set_rows_na< 64, 8>(jobs, n, stream); break;
+        case 128*16 + 8: tq_rot_set_rows_na<128, 8>(jobs, n, stream); break;
+        case 256*16 + 8: tq_rot_set_rows_na<256, 8>(jobs, n, stream); break;
+        case  64*16 + 4: tq_rot_set_rows_na< 64, 4>(jobs, n, stream); break;
+        case 128*16 + 4: tq_rot_set_rows_na<128, 4>(jobs, n, stream); break;
+        case 256*16 + 4: tq_rot_set_rows_na<256, 4>(jobs, n, stream); break;
+        default: GGML_ABORT("unexpected rotation size");
+    }
 }
 
 // ---- prefill attention on a turbo cache
@@ -447,13 +531,19 @@ static bool tq_fattn_prefill(ggml_backend_cuda_context & ctx, ggml_tensor * node
 // nodes of the graph being computed whose work moved elsewhere (deferred rotations, fused rotations)
 static thread_local std::unordered_set<const ggml_tensor *> tq_deferred_set;
 static thread_local std::unordered_set<const ggml_tensor *> tq_done_set;
-// a deferred rotation feeding a cache write and the sink store's write: those two SET_ROWS
-static thread_local std::unordered_map<const ggml_tensor *, std::pair<const ggml_tensor *, const ggml_tensor *>> tq_store_pairs;
+// deferred rotations whose work is a turbo cache write not done yet: the write's node index and the
+// sink store's (-1: none)
+struct tq_pending_store {
+    const ggml_tensor * rot;
+    int                 work;
+    int                 side;
+};
+static thread_local std::vector<tq_pending_store> tq_pending;
 
 void tq_cuda_fuse_begin() {
     tq_deferred_set.clear();
     tq_done_set.clear();
-    tq_store_pairs.clear();
+    tq_pending.clear();
 }
 
 static const ggml_tensor * tq_deferred_root(const ggml_tensor * t) {
@@ -477,8 +567,8 @@ bool tq_cuda_fuse_node(ggml_backend_cuda_context & ctx, ggml_cgraph * g, const i
         const tq_defer d = tq_deferred(g, i, ctx.device);
         if (d.work >= 0) {
             tq_deferred_set.insert(node);
-            if (d.side >= 0) {
-                tq_store_pairs[node] = { g->nodes[d.work], g->nodes[d.side] };
+            if (g->nodes[d.work]->op == GGML_OP_SET_ROWS) {
+                tq_pending.push_back({node, d.work, d.side});
             }
             return true;
         }
@@ -490,25 +580,61 @@ bool tq_cuda_fuse_node(ggml_backend_cuda_context & ctx, ggml_cgraph * g, const i
             return false;
         }
         // the cache write, and the sink store's write with it (whichever of the two comes first)
-        const ggml_tensor * sr = node;
-        tq_side_store side;
-        const auto p = tq_store_pairs.find(rot);
-        if (p != tq_store_pairs.end()) {
-            sr = p->second.first;
-            const ggml_tensor * s16 = p->second.second;
-            side.dst   = (half *) s16->data;
-            side.nb1   = (int64_t) s16->nb[1];
-            side.idx   = s16->src[1]->data;
-            side.idx64 = s16->src[1]->type == GGML_TYPE_I64;
-            side.skip  = s16->ne[1] - 1;
-            tq_done_set.insert(node == sr ? s16 : sr);
+        auto it = std::find_if(tq_pending.begin(), tq_pending.end(), [&](const tq_pending_store & p) { return p.rot == rot; });
+        GGML_ASSERT(it != tq_pending.end());
+        const tq_pending_store pa = *it;
+        tq_pending.erase(it);
+        // and the other rotation's pending write (a layer's V beside its K), in the same launch when only
+        // views and these writes lie between this node and the last of them: nothing in between reads
+        // the caches, and the other write's input was computed before its rotation node, which came before
+        tq_pending_store pb = {nullptr, -1, -1};
+        for (auto jt = tq_pending.begin(); jt != tq_pending.end(); ++jt) {
+            const int last = std::max(jt->work, std::max(jt->side, pa.side));
+            if (jt->work <= i || (jt->side >= 0 && jt->side <= i) || last > i + TQ_FUSE_WINDOW) {
+                continue;
+            }
+            bool ok = true;
+            for (int k = i + 1; k <= last && ok; ++k) {
+                const ggml_tensor * n = g->nodes[k];
+                ok = k == pa.work || k == pa.side || k == jt->work || k == jt->side || tq_is_view(n) ||
+                     n->op == GGML_OP_NONE || n->op == GGML_OP_TRANSPOSE;
+            }
+            if (ok) {
+                pb = *jt;
+                tq_pending.erase(jt);
+                break;
+            }
         }
-        GGML_ASSERT(tq_store_applies(rot, sr));
-        switch (rot->ne[0]) {
-            case  64: tq_rot_set_rows_launch< 64>(rot, sr, side, ctx.stream()); break;
-            case 128: tq_rot_set_rows_launch<128>(rot, sr, side, ctx.stream()); break;
-            case 256: tq_rot_set_rows_launch<256>(rot, sr, side, ctx.stream()); break;
-            default: GGML_ABORT("unexpected rotation size");
+        tq_store_job jobs[2];
+        int njobs = 0;
+        const tq_pending_store * ps[2] = {&pa, &pb};
+        for (const tq_pending_store * p : ps) {
+            if (!p->rot) {
+                continue;
+            }
+            const ggml_tensor * sr = g->nodes[p->work];
+            tq_side_store side;
+            if (p->side >= 0) {
+                const ggml_tensor * s16 = g->nodes[p->side];
+                side.dst   = (half *) s16->data;
+                side.nb1   = (int64_t) s16->nb[1];
+                side.idx   = s16->src[1]->data;
+                side.idx64 = s16->src[1]->type == GGML_TYPE_I64;
+                side.skip  = s16->ne[1] - 1;
+                tq_done_set.insert(s16);
+            }
+            GGML_ASSERT(tq_store_applies(p->rot, sr));
+            tq_done_set.insert(sr);
+            jobs[njobs++] = tq_store_job_make(p->rot, sr, side);
+        }
+        if (njobs == 2 && !tq_store_pairable(jobs[0], jobs[1])) {
+            std::swap(jobs[0], jobs[1]);
+        }
+        if (njobs == 2 && !tq_store_pairable(jobs[0], jobs[1])) {
+            tq_rot_set_rows_launch(&jobs[0], 1, ctx.stream());
+            tq_rot_set_rows_launch(&jobs[1], 1, ctx.stream());
+        } else {
+            tq_rot_set_rows_launch(jobs, njobs, ctx.stream());
         }
         return true;
     }

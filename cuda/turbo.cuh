@@ -10,6 +10,7 @@
 
 #include "common.cuh"
 #include "turbo-quant.h"
+#include "turbo-quant-warp.cuh"
 
 #include <algorithm>
 #include <cstdlib>
@@ -85,99 +86,6 @@ static __device__ __forceinline__ void tq_fwht_regs(float (&reg)[D/32], const fl
         sv[i] = signs[(i*32 + lane) % N];
     }
     tq_fwht_regs_sv<D, N>(reg, sv, scale, lane);
-}
-
-// The cache write by a warp: NB consecutive 64-value blocks, block b's value lane in x[2b] and
-// value lane + 32 in x[2b+1] (every lane calls it). Bit-exact with tq_quantize_block: each float64
-// sum runs in index order on every lane, and a value's level and the scale come from
-// turbo-quant.h's helpers. The terms arrive by shuffles, 8 at a time and for all
-// blocks together, so the shuffles of the next chunk overlap the additions and the blocks' chains
-// run side by side (one shuffle then one add per term cost ~40 cycles each).
-template <int levels, int NB>
-static __device__ __forceinline__ void tq_quantize_blocks_warp(const float (&x)[2*NB], const float * cb,
-                                                               uint16_t * __restrict__ y16, const int lane) {
-    constexpr int U = levels == 8 ? 13 : 9;   // 16-bit units per block
-    auto seq_sums = [](const double (&t)[2*NB], double (&s)[NB]) {
-#pragma unroll
-        for (int b = 0; b < NB; ++b) {
-            s[b] = 0.0;
-        }
-#pragma unroll
-        for (int j0 = 0; j0 < 64; j0 += 8) {
-            double v[NB][8];
-#pragma unroll
-            for (int b = 0; b < NB; ++b) {
-#pragma unroll
-                for (int jj = 0; jj < 8; ++jj) {
-                    v[b][jj] = __shfl_sync(0xFFFFFFFF, t[2*b + (j0 + jj)/32], (j0 + jj) % 32, 32);
-                }
-            }
-#pragma unroll
-            for (int jj = 0; jj < 8; ++jj) {
-#pragma unroll
-                for (int b = 0; b < NB; ++b) {
-                    s[b] = __dadd_rn(s[b], v[b][jj]);
-                }
-            }
-        }
-    };
-    double sq[2*NB];
-#pragma unroll
-    for (int i = 0; i < 2*NB; ++i) {
-        sq[i] = __dmul_rn((double) x[i], (double) x[i]);
-    }
-    double ss[NB];
-    seq_sums(sq, ss);
-
-    double cbd[levels];
-    double mid[levels - 1];
-    tq_codebook_mids<levels>(cb, cbd, mid);
-    uint32_t q[2*NB];
-    double   c2[2*NB];
-    double   xc2[2*NB];
-    double   n[NB];
-#pragma unroll
-    for (int b = 0; b < NB; ++b) {
-        n[b] = __dsqrt_rn(ss[b]);
-        const double inv = __ddiv_rn(8.0, n[b]);
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            double c;
-            const uint32_t qq = tq_level<levels>(__dmul_rn((double) x[2*b + h], inv), cbd, mid, c);
-            q[2*b + h]  = ss[b] > 0.0 ? qq : levels/2;   // zero or NaN block: middle index, d = 0
-            c2[2*b + h]  = __dmul_rn(c, c);
-            xc2[2*b + h] = __dmul_rn((double) x[2*b + h], c);
-        }
-    }
-    double rr[NB];
-    seq_sums(c2, rr);
-    double xc[NB];
-    seq_sums(xc2, xc);
-#pragma unroll
-    for (int b = 0; b < NB; ++b) {
-        const uint16_t d = ss[b] > 0.0 ? tq_scale_bits(ss[b], n[b], rr[b], xc[b]) : 0;   // fp16 +0 for a zero block
-        const uint32_t q0 = q[2*b];
-        const uint32_t q1 = q[2*b + 1];
-        // qs byte m (m < 16): values m, m+16, m+32, m+48 at bits 0, 2, 4, 6; lane m holds m and m+32
-        const uint32_t p  = (q0 & 3) | ((q1 & 3) << 4);
-        const uint32_t qs = p | (__shfl_down_sync(0xFFFFFFFF, p, 16, 32) << 2);
-        // qh byte m (m < 8): bit t from value m + 8t; lane l holds values l (t = l/8) and l + 32 (t = l/8 + 4)
-        uint32_t qh = (((q0 >> 2) & 1) << (lane/8)) | (((q1 >> 2) & 1) << (lane/8 + 4));
-        qh |= __shfl_down_sync(0xFFFFFFFF, qh, 16, 32);
-        qh |= __shfl_down_sync(0xFFFFFFFF, qh, 8, 32);
-        // 16-bit unit u of the block: 0 = d, 1..8 = qs bytes 2(u-1), 2(u-1)+1, 9..12 = qh bytes 2(u-9), 2(u-9)+1
-        const int sq2 = 2*max(0, min(lane - 1, 7));
-        const int sh  = 2*max(0, min(lane - 9, 3));
-        const uint32_t qa = __shfl_sync(0xFFFFFFFF, qs, sq2,     32);
-        const uint32_t qb = __shfl_sync(0xFFFFFFFF, qs, sq2 + 1, 32);
-        const uint32_t ha = __shfl_sync(0xFFFFFFFF, qh, sh,      32);
-        const uint32_t hb = __shfl_sync(0xFFFFFFFF, qh, sh + 1,  32);
-        const uint16_t v = lane == 0 ? d : lane <= 8 ? (uint16_t) ((qa & 0xFF) | ((qb & 0xFF) << 8))
-                                                     : (uint16_t) ((ha & 0xFF) | ((hb & 0xFF) << 8));
-        if (lane < U) {
-            y16[b*U + lane] = v;
-        }
-    }
 }
 
 // f16 sources (CPY, SET_ROWS from an f16 tensor): widen the block, then the same quantizer

@@ -52,18 +52,9 @@ static __device__ __forceinline__ void tq_quantize_blocks_warp(const float (&x)[
         ss[b] = __shfl_sync(0xFFFFFFFF, s1, b, 32);
     }
 
-    // tq_codebook_mids' midpoints with (a + b)*0.5 for (a + b)/2: the same double (halving is exact
-    // either way, then one rounding), without the division routine
     double cbd[levels];
     double mid[levels - 1];
-#pragma unroll
-    for (int k = 0; k < levels; ++k) {
-        cbd[k] = (double) cb[k];
-    }
-#pragma unroll
-    for (int k = 0; k < levels - 1; ++k) {
-        mid[k] = __dmul_rn(__dadd_rn(cbd[k], cbd[k + 1]), 0.5);
-    }
+    tq_codebook_mids<levels>(cb, cbd, mid);
     uint32_t q[2*NB];
     double   c2[2*NB];
     double   xc2[2*NB];

@@ -62,7 +62,7 @@ TQ_QFN void tq_codebook_mids(const float * __restrict__ cb, double (&cbd)[levels
     }
 #pragma unroll
     for (int k = 0; k < levels - 1; ++k) {
-        mid[k] = TQ_DDIV(TQ_DADD(cbd[k], cbd[k + 1]), 2.0);
+        mid[k] = TQ_DMUL(TQ_DADD(cbd[k], cbd[k + 1]), 0.5);   // = /2 exactly, without a division
     }
 }
 

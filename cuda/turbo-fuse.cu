@@ -43,6 +43,15 @@ bool tq_cuda_fuse_enabled() {
     return on;
 }
 
+// K's RoPE done by the fused store (TQ_CUDA_FUSE_ROPE=0: the ROPE node runs, for comparisons)
+static bool tq_rope_fuse_enabled() {
+    static const bool on = [] {
+        const char * e = getenv("TQ_CUDA_FUSE_ROPE");
+        return tq_cuda_fuse_enabled() && !(e && e[0] == '0');
+    }();
+    return on;
+}
+
 // ---- the graph patterns
 
 static bool tq_is_rot(const ggml_tensor * t) {
@@ -226,6 +235,53 @@ static int tq_out_target(const ggml_cgraph * g, const int i, const int device) {
     return c;
 }
 
+// node i is the RoPE of K feeding a rotation whose work is a turbo cache write (tq_deferred), through
+// single-use reshapes, with the rotation's rows the RoPE's heads (row r: token r / ne1, head r % ne1):
+// the fused store applies the RoPE to the ROPE node's input itself. Norm and neox modes over the whole
+// head, without YaRN's extrapolation mix (ext_factor 0), with or without frequency factors, f32, 3-D
+// (llama, qwen2, ...; other RoPEs run as built). Returns the rotation's index, *last: the last node
+// that reads the RoPE's inputs then
+static int tq_rope_target(const ggml_cgraph * g, const int i, const int device, int * last) {
+    const ggml_tensor * rope = g->nodes[i];
+    if (rope->op != GGML_OP_ROPE) {
+        return -1;
+    }
+    const ggml_tensor * x   = rope->src[0];
+    const ggml_tensor * pos = rope->src[1];
+    const ggml_tensor * ff  = rope->src[2];
+    const int32_t * op = (const int32_t *) rope->op_params;
+    const int n_dims = op[1];
+    const int mode   = op[2];
+    const int n_offs = op[15];
+    float ext_factor;
+    memcpy(&ext_factor, op + 7, sizeof(float));
+    if (rope->type != GGML_TYPE_F32 || x->type != GGML_TYPE_F32 || x->nb[0] != sizeof(float) ||
+            x->nb[1] % sizeof(float) != 0 || x->nb[2] % sizeof(float) != 0 || rope->ne[3] != 1 ||
+            (mode != GGML_ROPE_TYPE_NORMAL && mode != GGML_ROPE_TYPE_NEOX) ||
+            n_dims != rope->ne[0] || n_offs != 0 || ext_factor != 0.0f ||
+            pos->type != GGML_TYPE_I32 || !ggml_is_contiguous(pos) || pos->ne[0] < rope->ne[2] ||
+            (ff && (ff->type != GGML_TYPE_F32 || !ggml_is_contiguous(ff) || ff->ne[0] < n_dims/2))) {
+        return -1;
+    }
+    int s = -1;
+    const int c = tq_sole_consumer(g, i, &s, true);
+    if (c < 0 || s != 1) {
+        return -1;
+    }
+    const ggml_tensor * rot = g->nodes[c];
+    if (!tq_is_rot(rot) || tq_root(rot->src[1]) != rope || rot->src[1]->view_offs != 0 ||
+            rot->ne[0] != rope->ne[0] || ggml_nelements(rot->src[1]) != ggml_nelements(rope)) {
+        return -1;
+    }
+    const tq_defer d = tq_deferred(g, c, device);
+    if (d.work < 0 || g->nodes[d.work]->op != GGML_OP_SET_ROWS ||
+            g->nodes[d.work]->src[0]->ne[0] != rope->ne[0]*rope->ne[1]) {
+        return -1;
+    }
+    *last = std::max(d.work, d.side);
+    return c;
+}
+
 void tq_cuda_fuse_plan(const int device, ggml_cgraph * g, ggml_backend_graph_optimize_params * params) {
     if (!tq_cuda_fuse_enabled() || !params) {
         return;
@@ -241,6 +297,15 @@ void tq_cuda_fuse_plan(const int device, ggml_cgraph * g, ggml_backend_graph_opt
         const tq_defer d = tq_deferred(g, i, device);
         if (d.work >= 0) {
             keep(t->src[1], g->nodes[std::max(d.work, d.side)]);   // read by the node that does the rotation
+        }
+        int last = -1;
+        if (tq_rope_fuse_enabled() && tq_rope_target(g, i, device, &last) >= 0) {
+            // the RoPE's inputs are read by the fused store
+            for (int s = 0; s < 3; ++s) {
+                if (t->src[s]) {
+                    keep(t->src[s], g->nodes[last]);
+                }
+            }
         }
         const int o = tq_out_target(g, i, device);
         if (o >= 0) {
@@ -271,6 +336,20 @@ struct tq_side_store {
     int64_t      skip  = -1;   // the scratch row: not written
 };
 
+// K's RoPE done by the store (tq_rope_target): the ROPE node's input and parameters; mode 0: none
+struct tq_rope_job {
+    int             mode  = 0;         // 1 norm, 2 neox (the kernel's template argument RA)
+    int             pre   = 0;         // pos and ff are graph inputs: read before the PDL wait
+    const float   * x     = nullptr;
+    const int32_t * pos   = nullptr;
+    const float   * ff    = nullptr;   // frequency factors, or null
+    int64_t         s1    = 0;         // strides of a head and a token, in floats
+    int64_t         s2    = 0;
+    float           freq_scale  = 1.0f;
+    float           attn_factor = 1.0f;
+    float           theta_scale = 1.0f;
+};
+
 // one rotated, quantized cache write (and its sink store's write): rows of N values (a head, or a
 // 64-value chunk of one), n_head of them per token
 struct tq_store_job {
@@ -286,26 +365,104 @@ struct tq_store_job {
     int64_t       nb1   = 0;
     int64_t       n_rows = 0;
     tq_side_store side;
+    tq_rope_job   rope;
 };
 
 // a launch does one or two jobs (a layer's K and V writes: blockIdx.y); a warp per row
 struct tq_store_jobs {
     tq_store_job j[2];
+    int          lc = 0;   // let the next kernel launch at once (PDL; it waits for this one's end to read)
 };
+
+// the store in the stream's programmatic dependent launch chain, as upstream's kernels around it
+// (K's matmul before, attention after): TQ_CUDA_STORE_PDL bits, default 3: 1 the store launched with
+// the PDL attribute (it starts while the kernel before it finishes, and waits for it before reading),
+// 2 it lets the next kernel launch at its start; 0: as before (measurements)
+static int tq_store_pdl() {
+    static const int v = [] {
+        const char * e = getenv("TQ_CUDA_STORE_PDL");
+        return e ? atoi(e) : 3;
+    }();
+    return v;
+}
 
 #define TQ_STORE_WARPS 4
 
-template <int N, int levels>
-static __device__ __forceinline__ void tq_store_row(const tq_store_job & jb, const int64_t r, double * sm, const int lane) {
-    constexpr int BLK = levels == 8 ? 26 : 18;
-    float reg[N/32];
+// K's RoPE (tq_rope_target's cases) with the expressions of upstream's rope.cu (rope_norm, rope_neox,
+// rope_yarn with ext_factor 0; same compiler flags), so that the store sees the floats the ROPE node
+// would have written. RM 1 (norm): lane's value i*32 + lane pairs with its neighbour lane (one angle
+// per value); RM 2 (neox): values i*32 + lane and that + N/2, both the lane's (one angle per pair).
+template <int N, int RM>
+struct tq_rope_cs {
+    static constexpr int n = RM == 2 ? N/64 : N/32;
+    float c[n];
+    float s[n];
+};
+
+template <int N, int RM>
+static __device__ __forceinline__ void tq_rope_angles(tq_rope_cs<N, RM> & cs, const tq_rope_job & rp, const int64_t t,
+                                                      const int lane) {
+    const int32_t p = rp.pos[t];
 #pragma unroll
-    for (int i = 0; i < N/32; ++i) {
-        reg[i] = jb.x[r*N + i*32 + lane];
+    for (int j = 0; j < cs.n; ++j) {
+        const int iw = RM == 2 ? 2*(j*32 + lane) : 2*((j*32 + lane) >> 1);   // i0 - n_offs of the pair
+        const float theta_base  = p*powf(rp.theta_scale, iw/2.0f);
+        const float freq_factor = rp.ff ? rp.ff[iw/2] : 1.0f;
+        const float theta_extrap = theta_base/freq_factor;
+        const float theta = rp.freq_scale * theta_extrap;   // rope_yarn, ext_factor 0
+        cs.c[j] = cosf(theta) * rp.attn_factor;
+        cs.s[j] = sinf(theta) * rp.attn_factor;
     }
-    tq_fwht_regs<N>(reg, jb.signs, jb.scale, lane);
+}
+
+template <int N, int RM>
+static __device__ __forceinline__ void tq_rope_apply(float (&reg)[N/32], const tq_rope_cs<N, RM> & cs, const int lane) {
+    if constexpr (RM == 1) {
+        const bool first = (lane & 1) == 0;
+        float other[N/32];
+#pragma unroll
+        for (int i = 0; i < N/32; ++i) {
+            other[i] = __shfl_xor_sync(0xFFFFFFFF, reg[i], 1, 32);
+        }
+#pragma unroll
+        for (int i = 0; i < N/32; ++i) {
+            const float x0 = first ? reg[i] : other[i];
+            const float x1 = first ? other[i] : reg[i];
+            reg[i] = first ? x0 * cs.c[i] - x1 * cs.s[i] : x0 * cs.s[i] + x1 * cs.c[i];
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < N/64; ++i) {
+            const float x0 = reg[i];
+            const float x1 = reg[i + N/64];
+            reg[i]        = x0 * cs.c[i] - x1 * cs.s[i];
+            reg[i + N/64] = x0 * cs.s[i] + x1 * cs.c[i];
+        }
+    }
+}
+
+// RM: the job's RoPE (0: none; else cs holds its angles)
+template <int N, int levels, int RM = 0>
+static __device__ __forceinline__ void tq_store_row(const tq_store_job & jb, const int64_t r, double * sm, const int lane,
+                                                    const tq_rope_cs<N, RM == 0 ? 1 : RM> & cs) {
+    constexpr int BLK = levels == 8 ? 26 : 18;
     const int64_t t = r / jb.n_head;
     const int     h = (int) (r % jb.n_head);
+    float reg[N/32];
+    if constexpr (RM != 0) {
+        const float * xr = jb.rope.x + h*jb.rope.s1 + t*jb.rope.s2;
+#pragma unroll
+        for (int i = 0; i < N/32; ++i) {
+            reg[i] = xr[i*32 + lane];
+        }
+        tq_rope_apply<N, RM>(reg, cs, lane);
+    } else {
+#pragma unroll
+        for (int i = 0; i < N/32; ++i) {
+            reg[i] = jb.x[r*N + i*32 + lane];
+        }
+    }
+    tq_fwht_regs<N>(reg, jb.signs, jb.scale, lane);
     const int64_t row = jb.idx64 ? ((const int64_t *) jb.idx)[t] : (int64_t) ((const int32_t *) jb.idx)[t];
     const tq_side_store & side = jb.side;
     if (side.dst) {
@@ -322,27 +479,46 @@ static __device__ __forceinline__ void tq_store_row(const tq_store_job & jb, con
     tq_quantize_blocks_warp<levels, N/64>(reg, levels == 8 ? kvalues_turbo3 : kvalues_turbo2, (uint16_t *) out, sm, lane);
 }
 
-// job 0: rows of NA values into a cache of LA levels; job 1 (NB > 0): NB, LB
-template <int NA, int LA, int NB, int LB>
+// job 0: rows of NA values into a cache of LA levels, with K's RoPE RA (0: none); job 1 (NB > 0): NB, LB
+template <int NA, int LA, int NB, int LB, int RA>
 __launch_bounds__(32*TQ_STORE_WARPS, 1)
 static __global__ void tq_rot_set_rows(const tq_store_jobs jobs) {
     constexpr int NMAX = NA > NB ? NA : NB;
+    constexpr int RM   = RA == 0 ? 1 : RA;
     __shared__ __align__(16) double scratch[TQ_STORE_WARPS][TQ_WQ_SCRATCH(NMAX/64)];
     const int64_t r = (int64_t) blockIdx.x*blockDim.y + threadIdx.y;
     const int lane = threadIdx.x;
-    ggml_cuda_pdl_sync();
-    if (NB == 0 || blockIdx.y == 0) {
+    if (jobs.lc) {
+        ggml_cuda_pdl_lc();
+    }
+    const bool a = NB == 0 || blockIdx.y == 0;
+    // RoPE angles from graph inputs before waiting for the kernel before this one (PDL), else after
+    const bool pre = RA != 0 && a && jobs.j[0].rope.pre;
+    tq_rope_cs<NA, RM> cs;
+    if (!pre) {
+        ggml_cuda_pdl_sync();
+    }
+    if constexpr (RA != 0) {
+        if (a && r < jobs.j[0].n_rows) {
+            tq_rope_angles<NA, RM>(cs, jobs.j[0].rope, r / jobs.j[0].n_head, lane);
+        }
+    }
+    if (pre) {
+        ggml_cuda_pdl_sync();
+    }
+    if (a) {
         if (r < jobs.j[0].n_rows) {
-            tq_store_row<NA, LA>(jobs.j[0], r, scratch[threadIdx.y], lane);
+            tq_store_row<NA, LA, RA>(jobs.j[0], r, scratch[threadIdx.y], lane, cs);
         }
     } else {
+        constexpr int N1 = NB == 0 ? NA : NB;
         if (r < jobs.j[1].n_rows) {
-            tq_store_row<NB == 0 ? NA : NB, LB == 0 ? LA : LB>(jobs.j[1], r, scratch[threadIdx.y], lane);
+            tq_store_row<N1, LB == 0 ? LA : LB, 0>(jobs.j[1], r, scratch[threadIdx.y], lane, tq_rope_cs<N1, 1>());
         }
     }
 }
 
-template <int NA, int LA, int NB, int LB>
+template <int NA, int LA, int NB, int LB, int RA>
 static void tq_rot_set_rows_go(const tq_store_jobs & jobs, const int n, cudaStream_t stream) {
     int64_t rows = jobs.j[0].n_rows;
     if (n == 2) {
@@ -350,26 +526,66 @@ static void tq_rot_set_rows_go(const tq_store_jobs & jobs, const int n, cudaStre
     }
     const dim3 block(32, TQ_STORE_WARPS, 1);
     const dim3 grid((unsigned) ((rows + TQ_STORE_WARPS - 1)/TQ_STORE_WARPS), (unsigned) n, 1);
-    tq_rot_set_rows<NA, LA, NB, LB><<<grid, block, 0, stream>>>(jobs);
-    CUDA_CHECK(cudaGetLastError());
+    if (tq_store_pdl() & 1) {
+        ggml_cuda_kernel_launch(tq_rot_set_rows<NA, LA, NB, LB, RA>, ggml_cuda_kernel_launch_params(grid, block, 0, stream), jobs);
+    } else {
+        tq_rot_set_rows<NA, LA, NB, LB, RA><<<grid, block, 0, stream>>>(jobs);
+        CUDA_CHECK(cudaGetLastError());
+    }
+}
+
+template <int NA, int LA, int RA>
+static void tq_rot_set_rows_ra(const tq_store_jobs & jobs, const int n, cudaStream_t stream) {
+    if (n == 1) {
+        tq_rot_set_rows_go<NA, LA, 0, 0, RA>(jobs, 1, stream);
+        return;
+    }
+    const tq_store_job & b = jobs.j[1];
+    GGML_ASSERT(b.levels == LA && (b.N == 64 || b.N == NA) && b.rope.mode == 0);
+    if (b.N == 64) {
+        tq_rot_set_rows_go<NA, LA, 64, LA, RA>(jobs, 2, stream);
+    } else {
+        tq_rot_set_rows_go<NA, LA, NA, LA, RA>(jobs, 2, stream);
+    }
 }
 
 template <int NA, int LA>
 static void tq_rot_set_rows_na(const tq_store_jobs & jobs, const int n, cudaStream_t stream) {
-    if (n == 1) {
-        tq_rot_set_rows_go<NA, LA, 0, 0>(jobs, 1, stream);
-        return;
-    }
-    const tq_store_job & b = jobs.j[1];
-    GGML_ASSERT(b.levels == LA && (b.N == 64 || b.N == NA));
-    if (b.N == 64) {
-        tq_rot_set_rows_go<NA, LA, 64, LA>(jobs, 2, stream);
-    } else {
-        tq_rot_set_rows_go<NA, LA, NA, LA>(jobs, 2, stream);
+    switch (jobs.j[0].rope.mode) {
+        case 0: tq_rot_set_rows_ra<NA, LA, 0>(jobs, n, stream); break;
+        case 1: tq_rot_set_rows_ra<NA, LA, 1>(jobs, n, stream); break;
+        case 2: tq_rot_set_rows_ra<NA, LA, 2>(jobs, n, stream); break;
+        default: GGML_ABORT("unexpected RoPE mode");
     }
 }
 
-static tq_store_job tq_store_job_make(const ggml_tensor * rot, const ggml_tensor * sr, const tq_side_store & side) {
+static bool tq_is_input(const ggml_tensor * t) {
+    return t->op == GGML_OP_NONE && t->view_src == nullptr;
+}
+
+static tq_rope_job tq_rope_job_make(const ggml_tensor * rope) {
+    tq_rope_job rp;
+    const ggml_tensor * x  = rope->src[0];
+    const ggml_tensor * ff = rope->src[2];
+    const int32_t * op = (const int32_t *) rope->op_params;
+    rp.mode   = (op[2] & GGML_ROPE_TYPE_NEOX) ? 2 : 1;
+    rp.pre    = tq_is_input(rope->src[1]) && (!ff || tq_is_input(ff));
+    rp.x      = (const float *) x->data;
+    rp.pos    = (const int32_t *) rope->src[1]->data;
+    rp.ff     = ff ? (const float *) ff->data : nullptr;
+    rp.s1     = (int64_t) (x->nb[1]/sizeof(float));
+    rp.s2     = (int64_t) (x->nb[2]/sizeof(float));
+    float freq_base;
+    memcpy(&freq_base,      op + 5, sizeof(float));
+    memcpy(&rp.freq_scale,  op + 6, sizeof(float));
+    memcpy(&rp.attn_factor, op + 8, sizeof(float));
+    const int n_dims = op[1];
+    rp.theta_scale = powf(freq_base, -2.0f / n_dims);   // as rope.cu, on the host
+    return rp;
+}
+
+static tq_store_job tq_store_job_make(const ggml_tensor * rot, const ggml_tensor * sr, const tq_side_store & side,
+                                      const ggml_tensor * rope) {
     tq_store_job jb;
     const ggml_tensor * idx = sr->src[1];
     jb.N      = (int) rot->ne[0];
@@ -385,6 +601,9 @@ static tq_store_job tq_store_job_make(const ggml_tensor * rot, const ggml_tensor
     jb.nb1    = (int64_t) sr->nb[1];
     jb.n_rows = ggml_nrows(rot);
     jb.side   = side;
+    if (rope) {
+        jb.rope = tq_rope_job_make(rope);
+    }
     return jb;
 }
 
@@ -398,6 +617,7 @@ static void tq_rot_set_rows_launch(const tq_store_job * jb, const int n, cudaStr
     for (int i = 0; i < n; ++i) {
         jobs.j[i] = jb[i];
     }
+    jobs.lc = (tq_store_pdl() & 2) != 0;
     switch (jb[0].N*16 + jb[0].levels) {
         case  64*16 + 8: tq_rot_set_rows_na< 64, 8>(jobs, n, stream); break;
         case 128*16 + 8: tq_rot_set_rows_na<128, 8>(jobs, n, stream); break;
@@ -537,13 +757,17 @@ struct tq_pending_store {
     const ggml_tensor * rot;
     int                 work;
     int                 side;
+    const ggml_tensor * rope;   // K's RoPE, done by the store too (null: none)
 };
 static thread_local std::vector<tq_pending_store> tq_pending;
+// ROPE nodes whose work the fused store does
+static thread_local std::unordered_set<const ggml_tensor *> tq_rope_set;
 
 void tq_cuda_fuse_begin() {
     tq_deferred_set.clear();
     tq_done_set.clear();
     tq_pending.clear();
+    tq_rope_set.clear();
 }
 
 static const ggml_tensor * tq_deferred_root(const ggml_tensor * t) {
@@ -563,12 +787,21 @@ bool tq_cuda_fuse_node(ggml_backend_cuda_context & ctx, ggml_cgraph * g, const i
     if (tq_done_set.count(node)) {
         return true;
     }
+    if (node->op == GGML_OP_ROPE) {
+        int last = -1;
+        if (tq_rope_fuse_enabled() && tq_rope_target(g, i, ctx.device, &last) >= 0) {
+            tq_rope_set.insert(node);
+            return true;
+        }
+        return false;
+    }
     if (node->op == GGML_OP_MUL_MAT) {
         const tq_defer d = tq_deferred(g, i, ctx.device);
         if (d.work >= 0) {
             tq_deferred_set.insert(node);
             if (g->nodes[d.work]->op == GGML_OP_SET_ROWS) {
-                tq_pending.push_back({node, d.work, d.side});
+                const ggml_tensor * rope = tq_root(node->src[1]);
+                tq_pending.push_back({node, d.work, d.side, tq_rope_set.count(rope) ? rope : nullptr});
             }
             return true;
         }
@@ -587,7 +820,7 @@ bool tq_cuda_fuse_node(ggml_backend_cuda_context & ctx, ggml_cgraph * g, const i
         // and the other rotation's pending write (a layer's V beside its K), in the same launch when only
         // views and these writes lie between this node and the last of them: nothing in between reads
         // the caches, and the other write's input was computed before its rotation node, which came before
-        tq_pending_store pb = {nullptr, -1, -1};
+        tq_pending_store pb = {nullptr, -1, -1, nullptr};
         for (auto jt = tq_pending.begin(); jt != tq_pending.end(); ++jt) {
             const int last = std::max(jt->work, std::max(jt->side, pa.side));
             if (jt->work <= i || (jt->side >= 0 && jt->side <= i) || last > i + TQ_FUSE_WINDOW) {
@@ -625,12 +858,14 @@ bool tq_cuda_fuse_node(ggml_backend_cuda_context & ctx, ggml_cgraph * g, const i
             }
             GGML_ASSERT(tq_store_applies(p->rot, sr));
             tq_done_set.insert(sr);
-            jobs[njobs++] = tq_store_job_make(p->rot, sr, side);
+            jobs[njobs++] = tq_store_job_make(p->rot, sr, side, p->rope);
         }
-        if (njobs == 2 && !tq_store_pairable(jobs[0], jobs[1])) {
+        // a pair's second job has no RoPE
+        auto pairs = [](const tq_store_job & a, const tq_store_job & b) { return tq_store_pairable(a, b) && b.rope.mode == 0; };
+        if (njobs == 2 && !pairs(jobs[0], jobs[1])) {
             std::swap(jobs[0], jobs[1]);
         }
-        if (njobs == 2 && !tq_store_pairable(jobs[0], jobs[1])) {
+        if (njobs == 2 && !pairs(jobs[0], jobs[1])) {
             tq_rot_set_rows_launch(&jobs[0], 1, ctx.stream());
             tq_rot_set_rows_launch(&jobs[1], 1, ctx.stream());
         } else {

@@ -87,8 +87,8 @@ B() { # name, then env; uses CK D
   t "bench $name $(tail -1 $OUT/bench.csv | awk -F, '{print $(NF-1)}')"
 }
 CK=turbo3 D=0 RP=4; for x in old new new old; do B t3-$x-d0 $(E $x); done
-CK=turbo3 D=32768 RP=2; for x in old new; do B t3-$x-d32k $(E $x); done
-timeout $(( 446 - $(el) )) python scripts/gpu_speed.py --shape llama-8b --depths 0,32768 --caches f16,q8_0,turbo3,turbo2 --reps 2 --no-build \
+CK=turbo3 D=32768 RP=2; for x in old new new old new old; do B t3-$x-d32k $(E $x); done
+timeout $(( 575 - $(el) )) python scripts/gpu_speed.py --shape llama-8b --depths 0,32768 --caches f16,q8_0,turbo3,turbo2 --reps 2 --no-build \
     -o $OUT/gpu-speed > $OUT/gpu-speed-stdout.txt 2>&1
 t "gpu_speed rc=$?"; grep "^|" $OUT/gpu-speed-stdout.txt >> $L
 t done

@@ -282,6 +282,12 @@ static __global__ void flash_attn_ext_mma_turbo(
     const char * Kh = K_ptr + nb13*sequence + int64_t(nb12)*kv_head;
     const char * Vh = V_ptr + nb23*sequence + int64_t(nb22)*kv_head;
     const half * maskh = mask_ptr ? (const half *) (mask_ptr + nb33*(sequence % ne33) + int64_t(nb31)*ic0) : nullptr;
+    // a mask per Q head (ne32 == ne02: the positional key offset's logit correction): the rows of
+    // the lane's heads, g (KT: 2u, 2u + 1); all the same row otherwise
+    const int64_t mhs   = maskh && ne32 > 1 ? nb32/int(sizeof(half)) : 0;
+    const half * mask_g = maskh ? maskh + mhs*(head0 + min(g,         nh - 1)) : nullptr;
+    const half * mask_a = maskh ? maskh + mhs*(head0 + min(2*u,       nh - 1)) : nullptr;
+    const half * mask_b = maskh ? maskh + mhs*(head0 + min(2*u + 1,   nh - 1)) : nullptr;
     const float slope = g < nh ? get_alibi_slope(max_bias, head0 + g, n_head_log2, m0, m1) : 1.0f;
     // KT: the slopes of the lane's two heads 2u, 2u+1
     const float slope_a = KT && 2*u     < nh ? get_alibi_slope(max_bias, head0 + 2*u,     n_head_log2, m0, m1) : 1.0f;
@@ -324,7 +330,7 @@ static __global__ void flash_attn_ext_mma_turbo(
         kb_next += kstep;
         return kb;
     };
-    const bool mask_al = maskh && ((uintptr_t) maskh & 15) == 0;
+    const bool mask_al = maskh && mhs == 0 && ((uintptr_t) maskh & 15) == 0;
     auto fast_at = [&](const int kb) { return !(side.off & TQ_OFF_STAGE) && kb + ROWS <= min(k_max, ne11 - 1); };
     // KT: the tile's mask values staged with its rows (short staging path only): loaded before the
     // wait they cost a global-memory latency per tile (TQ_OFF_MSTAGE turns it off)
@@ -668,10 +674,10 @@ static __global__ void flash_attn_ext_mma_turbo(
         }
     };
 
-    // KT: the warp's 32 staged rows; mk: mask values at positions kp0 + 8j + g (j = 0..3).
+    // KT: the warp's 32 staged rows; mk[2j + h]: mask value at position kp0 + 8j + g (j = 0..3), head 2u + h.
     // sc[4t + 2e + h]: position kp0 + 16t + 8e + g, head 2u + h. Both chunks' scores are computed
     // before any is finished (softcap, mask), so their mma chains interleave.
-    auto cache_tile_kt = [&](auto al, const uint8_t * sk, const uint8_t * sv, const int kp0, const float (&mk)[4]) {
+    auto cache_tile_kt = [&](auto al, const uint8_t * sk, const uint8_t * sv, const int kp0, const float (&mk)[8]) {
         float s0[4];
         float s1[4];
         k_chunk_kt(al, sk, kp0, 0, s0);
@@ -689,7 +695,7 @@ static __global__ void flash_attn_ext_mma_turbo(
             if (logit_softcap != 0.0f) {
                 x = logit_softcap*tanhf(x);
             }
-            x += (i % 2 ? slope_b : slope_a)*mk[j];
+            x += (i % 2 ? slope_b : slope_a)*mk[i];
             sc[i] = kp0 + 8*j + g < k_max ? x : -INFINITY;
         }
         if (n_side > 0 && kp0 + 32 > side_lo && kp0 <= side_hi) {
@@ -805,9 +811,9 @@ static __global__ void flash_attn_ext_mma_turbo(
                     const int j    = j0 + 8*e + g;
                     const int cell = j < n_side ? side_cells[j] : -1;
                     const bool ok  = cell >= 0 && cell < k_max;
-                    const float mk = ok && maskh ? __half2float(maskh[cell]) : 0.0f;
 #pragma unroll
                     for (int h = 0; h < 2; ++h) {
+                        const float mk = ok && maskh ? __half2float((h ? mask_b : mask_a)[cell]) : 0.0f;
                         float x = c[2*e + h];
                         if (logit_softcap != 0.0f) {
                             x = logit_softcap*tanhf(x);
@@ -836,7 +842,7 @@ static __global__ void flash_attn_ext_mma_turbo(
                         const int j    = j0 + 8*nt + 2*u + i;
                         const int cell = j < n_side ? side_cells[j] : -1;
                         const bool ok  = cell >= 0 && cell < k_max;
-                        sc[2*nt + i] = ok ? finish_score(c[i], cell, maskh ? __half2float(maskh[cell]) : 0.0f) : -INFINITY;
+                        sc[2*nt + i] = ok ? finish_score(c[i], cell, maskh ? __half2float(mask_g[cell]) : 0.0f) : -INFINITY;
                     }
                 }
                 softmax(sc);
@@ -872,27 +878,27 @@ static __global__ void flash_attn_ext_mma_turbo(
         issue(kn, (st + STAGES - 1) % STAGES);
         const int kb = kq[0];
         const uint8_t * sk = stage0 + st*STAGE_BYTES;
-        // mask values of the lane's 8 scores (KT: its 4 positions), loaded before waiting for the rows
-        // (staged with them: read after the wait)
-        constexpr int NMK = KT ? 4 : 8;
-        float mk[NMK];
+        // mask values of the lane's 8 scores (KT: mk[2j + h] of position kb + 8j + g, head 2u + h),
+        // loaded before waiting for the rows (staged with them: read after the wait)
+        float mk[8];
         bool live = false;
         const bool ms = mstaged(kb);
         if (!ms) {
 #pragma unroll
-            for (int i = 0; i < NMK; ++i) {
-                const int kp = kb + (KT ? 8*i + g : 8*(i/2) + 2*u + i%2);
-                mk[i] = maskh ? __half2float(maskh[min(kp, k_max - 1)]) : 0.0f;
+            for (int i = 0; i < 8; ++i) {
+                const int kp = kb + (KT ? 8*(i/2) + g : 8*(i/2) + 2*u + i%2);
+                const half * mrow = KT ? (i % 2 ? mask_b : mask_a) : mask_g;
+                mk[i] = maskh ? __half2float(mrow[min(kp, k_max - 1)]) : 0.0f;
                 live = live || (kp < k_max && mk[i] != -INFINITY);
             }
         }
         tq_cp_async_wait<STAGES - 1>();
         __syncwarp();
         if (ms) {
-            const half * msk = (const half *) (sk + MASK_OFF);
+            const half * msk = (const half *) (sk + MASK_OFF);   // KT, one mask row for all heads
 #pragma unroll
-            for (int i = 0; i < NMK; ++i) {
-                mk[i] = __half2float(msk[KT ? 8*i + g : 0]);   // every position below k_max here
+            for (int i = 0; i < 8; ++i) {
+                mk[i] = __half2float(msk[KT ? 8*(i/2) + g : 0]);   // every position below k_max here
                 live = live || mk[i] != -INFINITY;
             }
         }

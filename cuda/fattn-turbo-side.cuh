@@ -149,3 +149,73 @@ static void tq_fattn_side_scatter_kv(const tq_fattn_side & side, const tq_side_s
     tq_fattn_side_scatter_kv_kernel<<<blocks, 128, 0, stream>>>(k, v, side.cells, side.n_slot, n_kv);
     CUDA_CHECK(cudaGetLastError());
 }
+
+// ---- a mask per Q head (mask ne[2] == Q's heads: the positional key offset's logit correction,
+// patch 0013). Upstream's kernels take one mask row for all heads of a column. The turbo decode
+// kernels read the lane's head's row (ne32/nb32); prefill runs each Q head alone on its K/V head's
+// views and its mask slice (upstream's kernels, K/V converted per call) into a scratch output that
+// is copied into place. ALiBi (a slope from the head index) is not taken with such a mask.
+static bool tq_fattn_mask_per_head(const ggml_tensor * dst) {
+    const ggml_tensor * mask = dst->src[3];
+    return mask && mask->ne[2] > 1;
+}
+
+static bool tq_fattn_mask_per_head_ok(const ggml_tensor * dst) {
+    const ggml_tensor * Q    = dst->src[0];
+    const ggml_tensor * mask = dst->src[3];
+    float max_bias;
+    memcpy(&max_bias, (const float *) dst->op_params + 1, sizeof(float));
+    return mask->ne[2] == Q->ne[2] && max_bias == 0.0f && dst->type == GGML_TYPE_F32 && ggml_is_contiguous(dst);
+}
+
+// run(ctx, node) computes a FLASH_ATTN_EXT node whose mask has one row for all heads
+template <typename F>
+static void tq_fattn_per_head(ggml_backend_cuda_context & ctx, ggml_tensor * dst, F run) {
+    const ggml_tensor * Q = dst->src[0];
+    const ggml_tensor * K = dst->src[1];
+    const ggml_tensor * V = dst->src[2];
+    GGML_ASSERT(tq_fattn_mask_per_head_ok(dst));
+    const int64_t DV     = dst->ne[0];
+    const int64_t n_head = Q->ne[2];
+    const int64_t gqa    = n_head / K->ne[2];
+    const int64_t rows   = dst->ne[2]*dst->ne[3];   // (token, stream) rows of the output
+    // one head's node: its output, then room for its K/V converted to f16 (launch_fattn's layout)
+    const size_t out_bytes = size_t(DV*rows)*sizeof(float);
+    const size_t kv_bytes  = size_t(ggml_nelements(K)/K->ne[2] + ggml_nelements(V)/V->ne[2])*sizeof(half);
+    ggml_cuda_pool_alloc<char> buf(ctx.pool(), out_bytes + kv_bytes + 3*128);
+    cudaStream_t stream = ctx.stream();
+    for (int64_t h = 0; h < n_head; ++h) {
+        const int64_t hk = h / gqa;
+        ggml_tensor src[8];
+        ggml_tensor o = *dst;
+        for (int i = 0; i < 8; ++i) {
+            if (dst->src[i]) {
+                src[i] = *dst->src[i];
+                o.src[i] = &src[i];
+            }
+        }
+        auto one = [](ggml_tensor & t, const int dim, const int64_t i) {
+            t.data = (char *) t.data + i*t.nb[dim];
+            t.ne[dim] = 1;
+            t.view_src = nullptr;
+        };
+        one(src[0], 2, h);           // Q
+        one(src[1], 2, hk);          // K
+        one(src[2], 2, hk);          // V
+        one(src[3], 2, h);           // mask
+        if (dst->src[4]) {
+            one(src[4], 0, h);       // attention sinks
+        }
+        if (dst->src[5]) {
+            one(src[5], 2, hk);      // sink store rows (the cells, src[7], are per stream)
+            one(src[6], 2, hk);
+        }
+        o.data  = buf.get();
+        o.ne[1] = 1;
+        o.nb[2] = o.nb[1];
+        o.nb[3] = o.nb[2]*o.ne[2];
+        run(ctx, &o);
+        CUDA_CHECK(cudaMemcpy2DAsync((char *) dst->data + h*DV*sizeof(float), n_head*DV*sizeof(float), buf.get(),
+                                     DV*sizeof(float), DV*sizeof(float), rows, cudaMemcpyDeviceToDevice, stream));
+    }
+}

@@ -207,6 +207,10 @@ static __global__ void flash_attn_ext_vec_turbo(
     const char * K = K_ptr + nb13*sequence + nb12*kv_head;
     const char * V = V_ptr + nb23*sequence + nb22*kv_head;
     const half * maskh = mask_ptr ? (const half *) (mask_ptr + nb33*(sequence % ne33) + nb31*ic0) : nullptr;
+    // a mask per Q head (ne32 == ne02: the positional key offset's logit correction): head g's row is
+    // mhs*(head0 + g) halfs from maskh; 0: one row for all heads
+    const int64_t mhs = maskh && ne32 > 1 ? nb32/int(sizeof(half)) : 0;
+    auto mask_at = [&](const int g, const int k) { return __half2float(maskh[mhs*(head0 + min(g, nh - 1)) + k]); };
 
     float slope[G];
 #pragma unroll
@@ -264,9 +268,11 @@ static __global__ void flash_attn_ext_vec_turbo(
     const bool side_mine = n_side > 0 && blockIdx.y == 0;
     tq_k16<GGML_TYPE_F16> side_rk;
     tq_k16<GGML_TYPE_F16> side_rv;
-    float side_m = -INFINITY;
+    float side_m = -INFINITY;   // the side row's mask value (head 0's; per head at use when mhs != 0)
+    int side_c = -1;            // its cell
     if (side_mine && warp < n_side && side_cells[warp] >= 0 && side_cells[warp] < k_max) {
-        side_m = maskh ? __half2float(maskh[side_cells[warp]]) : 0.0f;
+        side_c = side_cells[warp];
+        side_m = maskh ? mask_at(0, side_c) : 0.0f;
         side_rk.load(side.k + sequence*side.nbk3 + kv_head*side.nbk2 + int64_t(warp)*side.nbk1, kb, ki);
         side_rv.load(side.v + sequence*side.nbv3 + kv_head*side.nbv2 + int64_t(warp)*side.nbv1, kb, ki);
     }
@@ -313,7 +319,7 @@ static __global__ void flash_attn_ext_vec_turbo(
                             sc = logit_softcap*tanhf(sc);
                         }
                         if (maskh) {
-                            sc += slope[g]*__half2float(maskh[k]);
+                            sc += slope[g]*mask_at(g, k);
                         }
                         KQ_max_new[g] = fmaxf(KQ_max_new[g], sc + FATTN_KQ_MAX_OFFSET);
                         if ((lane & (TK - 1)) == p0 + p) {
@@ -398,14 +404,15 @@ static __global__ void flash_attn_ext_vec_turbo(
         for (int j = warp; j < n_side; j += nwarps) {
             if (j != warp) {
                 const int c = side_cells[j];
-                side_m = c >= 0 && c < k_max ? (maskh ? __half2float(maskh[c]) : 0.0f) : -INFINITY;
-                if (side_m != -INFINITY) {
+                side_c = c;
+                side_m = c >= 0 && c < k_max ? (maskh ? mask_at(0, c) : 0.0f) : -INFINITY;
+                if (side_m != -INFINITY || (mhs != 0 && c >= 0 && c < k_max)) {
                     side_rk.load(side.k + sequence*side.nbk3 + kv_head*side.nbk2 + int64_t(j)*side.nbk1, kb, ki);
                     side_rv.load(side.v + sequence*side.nbv3 + kv_head*side.nbv2 + int64_t(j)*side.nbv1, kb, ki);
                 }
             }
-            if (side_m == -INFINITY) {
-                continue;
+            if (side_c < 0 || side_c >= k_max || (side_m == -INFINITY && mhs == 0)) {
+                continue;   // (per-head masks: a head whose value is -inf gets p = 0 below)
             }
             float kv[16];
             float vv[16];
@@ -422,7 +429,7 @@ static __global__ void flash_attn_ext_vec_turbo(
                 if (logit_softcap != 0.0f) {
                     sc = logit_softcap*tanhf(sc);
                 }
-                sc += slope[g]*side_m;
+                sc += slope[g]*(mhs != 0 ? mask_at(g, side_c) : side_m);
                 const float kqmax_new = fmaxf(KQ_max[g], sc);
                 const float KQ_max_scale = expf(KQ_max[g] - kqmax_new);
                 KQ_max[g] = kqmax_new;

@@ -111,9 +111,10 @@ def add_parsers(sub) -> None:
                    help="write turbo.sink_cells: the runtime keeps each sequence's first N positions exact "
                         "(default: not written; the runtime keeps 4)")
     c.add_argument("--pos-offset", action="store_true",
-                   help="also try the positional key offset (turbo.layer.N.k.pos_mean): lower KLD on CPU, but its "
-                        "logit correction needs per-head attention masks, which the GPU FlashAttention kernels "
-                        "lack, so a GPU runs those layers' attention on the CPU (docs/calibration.md)")
+                   help="also try the positional key offset (turbo.layer.N.k.pos_mean): lower KLD, but its "
+                        "logit correction (a per-head attention mask) costs about a fifth of decode speed, and "
+                        "GPU backends other than this build's CUDA turbo kernels run that attention on the CPU "
+                        "(docs/calibration.md)")
     c.add_argument("--val-chunks", type=int, default=4)
     c.add_argument("--seed", type=int, default=1234)
     c.add_argument("-t", "--threads", type=int, default=os.cpu_count() or 2)

@@ -10,6 +10,7 @@
 #pragma once
 
 #include "common.cuh"
+#include "cpy.cuh"
 
 #include <cstdlib>
 #include <cstring>
@@ -152,9 +153,12 @@ static void tq_fattn_side_scatter_kv(const tq_fattn_side & side, const tq_side_s
 
 // ---- a mask per Q head (mask ne[2] == Q's heads: the positional key offset's logit correction,
 // patch 0013). Upstream's kernels take one mask row for all heads of a column. The turbo decode
-// kernels read the lane's head's row (ne32/nb32); prefill runs each Q head alone on its K/V head's
-// views and its mask slice (upstream's kernels, K/V converted per call) into a scratch output that
-// is copied into place. ALiBi (a slope from the head index) is not taken with such a mask.
+// kernels read the lane's head's row (ne32/nb32). Other batches (prefill) run upstream's kernels once
+// per K/V head with that head's Q heads folded into the columns: Q's rows (head, token) copied
+// together, the mask's rows of those heads are consecutive already, the output is copied back into
+// place; one K/V conversion and launch per K/V head. With attention sinks (a value per Q head), or a
+// mask whose rows are padded past the tokens, one launch per Q head instead. ALiBi (a slope from the
+// head index) is not taken with such a mask.
 static bool tq_fattn_mask_per_head(const ggml_tensor * dst) {
     const ggml_tensor * mask = dst->src[3];
     return mask && mask->ne[2] > 1;
@@ -165,57 +169,102 @@ static bool tq_fattn_mask_per_head_ok(const ggml_tensor * dst) {
     const ggml_tensor * mask = dst->src[3];
     float max_bias;
     memcpy(&max_bias, (const float *) dst->op_params + 1, sizeof(float));
-    return mask->ne[2] == Q->ne[2] && max_bias == 0.0f && dst->type == GGML_TYPE_F32 && ggml_is_contiguous(dst);
+    return mask->ne[2] == Q->ne[2] && max_bias == 0.0f && dst->type == GGML_TYPE_F32 && ggml_is_contiguous(dst) &&
+           Q->type == GGML_TYPE_F32;
 }
 
 // run(ctx, node) computes a FLASH_ATTN_EXT node whose mask has one row for all heads
 template <typename F>
 static void tq_fattn_per_head(ggml_backend_cuda_context & ctx, ggml_tensor * dst, F run) {
-    const ggml_tensor * Q = dst->src[0];
-    const ggml_tensor * K = dst->src[1];
-    const ggml_tensor * V = dst->src[2];
+    const ggml_tensor * Q    = dst->src[0];
+    const ggml_tensor * K    = dst->src[1];
+    const ggml_tensor * V    = dst->src[2];
+    const ggml_tensor * mask = dst->src[3];
     GGML_ASSERT(tq_fattn_mask_per_head_ok(dst));
     const int64_t DV     = dst->ne[0];
     const int64_t n_head = Q->ne[2];
+    const int64_t n_tok  = Q->ne[1];
+    const int64_t ns     = Q->ne[3];
     const int64_t gqa    = n_head / K->ne[2];
-    const int64_t rows   = dst->ne[2]*dst->ne[3];   // (token, stream) rows of the output
-    // one head's node: its output, then room for its K/V converted to f16 (launch_fattn's layout)
-    const size_t out_bytes = size_t(DV*rows)*sizeof(float);
+    // heads per launch: a K/V head's Q heads, when their mask rows follow each other
+    const int64_t G = !dst->src[4] && mask->ne[1] == n_tok && mask->nb[2] == mask->ne[1]*mask->nb[1] ? gqa : 1;
+    const int64_t D = Q->ne[0];
+    // scratch: Q's rows of the launch's heads (G > 1), the launch's output, then room for its K/V
+    // converted to f16 (launch_fattn puts them behind the output)
+    const size_t q_bytes   = G > 1 ? size_t(D*n_tok*G*ns)*sizeof(float) : 0;
+    const size_t out_bytes = size_t(DV*n_tok*G*ns)*sizeof(float);
     const size_t kv_bytes  = size_t(ggml_nelements(K)/K->ne[2] + ggml_nelements(V)/V->ne[2])*sizeof(half);
-    ggml_cuda_pool_alloc<char> buf(ctx.pool(), out_bytes + kv_bytes + 3*128);
-    cudaStream_t stream = ctx.stream();
-    for (int64_t h = 0; h < n_head; ++h) {
-        const int64_t hk = h / gqa;
+    ggml_cuda_pool_alloc<char> buf(ctx.pool(), q_bytes + out_bytes + kv_bytes + 4*128);
+    char * qbuf = buf.get();
+    char * obuf = buf.get() + GGML_PAD(q_bytes, 128);
+    for (int64_t h0 = 0; h0 < n_head; h0 += G) {
+        const int64_t hk = h0 / gqa;
         ggml_tensor src[8];
         ggml_tensor o = *dst;
         for (int i = 0; i < 8; ++i) {
             if (dst->src[i]) {
                 src[i] = *dst->src[i];
+                src[i].view_src = nullptr;
                 o.src[i] = &src[i];
             }
         }
-        auto one = [](ggml_tensor & t, const int dim, const int64_t i) {
+        auto slice = [](ggml_tensor & t, const int dim, const int64_t i, const int64_t n) {
             t.data = (char *) t.data + i*t.nb[dim];
-            t.ne[dim] = 1;
-            t.view_src = nullptr;
+            t.ne[dim] = n;
         };
-        one(src[0], 2, h);           // Q
-        one(src[1], 2, hk);          // K
-        one(src[2], 2, hk);          // V
-        one(src[3], 2, h);           // mask
-        if (dst->src[4]) {
-            one(src[4], 0, h);       // attention sinks
-        }
+        slice(src[1], 2, hk, 1);       // K
+        slice(src[2], 2, hk, 1);       // V
         if (dst->src[5]) {
-            one(src[5], 2, hk);      // sink store rows (the cells, src[7], are per stream)
-            one(src[6], 2, hk);
+            slice(src[5], 2, hk, 1);   // sink store rows (the cells, src[7], are per stream)
+            slice(src[6], 2, hk, 1);
         }
-        o.data  = buf.get();
+        if (G == 1) {
+            slice(src[0], 2, h0, 1);   // Q
+            slice(src[3], 2, h0, 1);   // mask
+            if (dst->src[4]) {
+                slice(src[4], 0, h0, 1);   // attention sinks
+            }
+        } else {
+            // Q rows (head, token) of heads h0..h0+G-1, contiguous: [D, n_tok*G, 1, ns]
+            ggml_tensor qs = *Q;
+            qs.view_src = nullptr;
+            slice(qs, 2, h0, G);
+            ggml_tensor qc = qs;
+            qc.data  = qbuf;
+            qc.nb[1] = D*sizeof(float);
+            qc.nb[2] = qc.nb[1]*n_tok;
+            qc.nb[3] = qc.nb[2]*G;
+            ggml_cuda_cpy(ctx, &qs, &qc);
+            src[0] = qc;
+            src[0].ne[1] = n_tok*G;
+            src[0].ne[2] = 1;
+            src[0].nb[2] = qc.nb[3];
+            // the mask's rows of those heads: consecutive (checked above)
+            slice(src[3], 2, h0, 1);
+            src[3].ne[1] = n_tok*G;
+            src[3].nb[2] = src[3].nb[3];
+        }
+        o.data  = obuf;
         o.ne[1] = 1;
+        o.ne[2] = n_tok*G;
         o.nb[2] = o.nb[1];
         o.nb[3] = o.nb[2]*o.ne[2];
         run(ctx, &o);
-        CUDA_CHECK(cudaMemcpy2DAsync((char *) dst->data + h*DV*sizeof(float), n_head*DV*sizeof(float), buf.get(),
-                                     DV*sizeof(float), DV*sizeof(float), rows, cudaMemcpyDeviceToDevice, stream));
+        // back into place: output rows (head, token) to dst's (token, head)
+        ggml_tensor os = o;
+        os.ne[1] = n_tok;
+        os.ne[2] = G;
+        os.nb[1] = DV*sizeof(float);
+        os.nb[2] = os.nb[1]*n_tok;
+        os.nb[3] = os.nb[2]*G;
+        ggml_tensor od = *dst;
+        od.view_src = nullptr;
+        od.data  = (char *) dst->data + h0*dst->nb[1];
+        od.ne[1] = n_tok;
+        od.ne[2] = G;
+        od.nb[1] = dst->nb[2];
+        od.nb[2] = dst->nb[1];
+        od.nb[3] = dst->nb[3];
+        ggml_cuda_cpy(ctx, &os, &od);
     }
 }

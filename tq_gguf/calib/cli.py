@@ -112,7 +112,7 @@ def add_parsers(sub) -> None:
                         "(default: not written; the runtime keeps 4)")
     c.add_argument("--pos-offset", action="store_true",
                    help="also try the positional key offset (turbo.layer.N.k.pos_mean): lower KLD, but its "
-                        "logit correction (a per-head attention mask) costs about a fifth of decode speed, and "
+                        "logit correction (a per-head attention mask) costs 12-20%% of decode speed, and "
                         "GPU backends other than this build's CUDA turbo kernels run that attention on the CPU "
                         "(docs/calibration.md)")
     c.add_argument("--val-chunks", type=int, default=4)

@@ -652,7 +652,7 @@ static bool tq_fattn_prefill(ggml_backend_cuda_context & ctx, ggml_tensor * node
     const ggml_tensor * V = node->src[2];
     if ((!tq_is_turbo(K->type) && !tq_is_turbo(V->type)) || (tq_fattn_off() & TQ_OFF_PREFILL) ||
             Q->ne[1] < TQ_PREFILL_MIN_BATCH || tq_fattn_mask_per_head(node)) {
-        return false;   // (a mask per head: ggml_cuda_flash_attn_ext runs the heads one by one)
+        return false;   // (a mask per head: ggml_cuda_flash_attn_ext runs it per K/V head, tq_fattn_per_head)
     }
     const int cc = ggml_cuda_info().devices[ctx.device].cc;
     if (!GGML_CUDA_CC_IS_NVIDIA(cc) || !ampere_mma_available(cc)) {
